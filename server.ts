@@ -580,6 +580,11 @@ export class ChatServer {
     return this.#stopping;
   }
 
+  /** Stops the server when a `using` block ends (in tests). */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
+  }
+
   async #stop(): Promise<void> {
     this.#log("shutting down");
     try {

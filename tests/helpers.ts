@@ -1,0 +1,325 @@
+/**
+ * Test helpers: a line-reading TCP client, a log to wait on, and spawned
+ * scripts whose output can be waited on line by line. Every wait has a
+ * time limit, so a missing line fails the test instead of hanging it.
+ *
+ * @module
+ */
+
+import { encodeLine, LINE_TOO_LONG, LineFramer } from "../shared.ts";
+
+/** How long a test waits for a line before it fails. */
+export const WAIT_MS = 10_000;
+
+/** The repository root, where the scripts are. */
+export const ROOT = new URL("..", import.meta.url).pathname;
+
+/**
+ * Lines that arrive over time, to be taken in order or waited for.
+ * Taking a line removes it, so each line is matched once.
+ */
+export class LineQueue {
+  #lines: string[] = [];
+  #ended = false;
+  #waiter?: () => void;
+  /** Every line seen so far, taken or not. */
+  readonly all: string[] = [];
+
+  push(line: string): void {
+    this.#lines.push(line);
+    this.all.push(line);
+    this.#wake();
+  }
+
+  end(): void {
+    this.#ended = true;
+    this.#wake();
+  }
+
+  #wake(): void {
+    this.#waiter?.();
+    this.#waiter = undefined;
+  }
+
+  /** Takes the next line. @throws when none comes in time */
+  async next(timeoutMs = WAIT_MS): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.#lines.length === 0) {
+      if (this.#ended) throw new Error("the stream ended; no line came");
+      await this.#waitUntil(deadline, "a line");
+    }
+    return this.#lines.shift()!;
+  }
+
+  /**
+   * Takes lines until one matches, and returns it.
+   * @throws when none matches in time, listing the lines seen
+   */
+  async waitFor(
+    pattern: RegExp | string,
+    timeoutMs = WAIT_MS,
+  ): Promise<string> {
+    const matches = (line: string) =>
+      typeof pattern === "string" ? line === pattern : pattern.test(line);
+    const deadline = Date.now() + timeoutMs;
+    while (true) {
+      const index = this.#lines.findIndex(matches);
+      if (index >= 0) {
+        const [line] = this.#lines.splice(0, index + 1).slice(-1);
+        return line;
+      }
+      if (this.#ended) {
+        throw new Error(
+          `the stream ended without ${pattern}; saw:\n${this.#seen()}`,
+        );
+      }
+      await this.#waitUntil(deadline, String(pattern));
+    }
+  }
+
+  /** Resolves when the stream has ended. */
+  async waitForEnd(timeoutMs = WAIT_MS): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.#ended) await this.#waitUntil(deadline, "the end");
+  }
+
+  get ended(): boolean {
+    return this.#ended;
+  }
+
+  /** The last lines seen, shortened, for an error message. */
+  #seen(): string {
+    return this.all.slice(-20).map((line) =>
+      line.length > 160 ? line.slice(0, 160) + "..." : line
+    ).join("\n");
+  }
+
+  async #waitUntil(deadline: number, what: string): Promise<void> {
+    const left = deadline - Date.now();
+    if (left <= 0) {
+      throw new Error(
+        `timed out waiting for ${what}; saw:\n${this.#seen()}`,
+      );
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await new Promise<void>((resolve) => {
+      this.#waiter = resolve;
+      timer = setTimeout(resolve, left);
+    });
+    clearTimeout(timer);
+  }
+}
+
+/** Reads a byte stream into a queue of lines until it ends. */
+export async function pumpLines(
+  read: (buffer: Uint8Array) => Promise<number | null>,
+  queue: LineQueue,
+): Promise<void> {
+  const framer = new LineFramer(1 << 20);
+  const buffer = new Uint8Array(64 * 1024);
+  try {
+    for (let count; (count = await read(buffer)) !== null;) {
+      for (const frame of framer.push(buffer.subarray(0, count))) {
+        if (frame !== LINE_TOO_LONG) queue.push(frame);
+      }
+    }
+    for (const frame of framer.end()) {
+      if (frame !== LINE_TOO_LONG) queue.push(frame);
+    }
+  } catch {
+    // A reset or our own close ends the stream like an end of file.
+  }
+  queue.end();
+}
+
+/** A raw TCP client, like nc: bytes out, lines in. */
+export class TestClient {
+  readonly lines = new LineQueue();
+  readonly #pump: Promise<void>;
+
+  private constructor(readonly conn: Deno.Conn) {
+    this.#pump = pumpLines((buffer) => conn.read(buffer), this.lines);
+  }
+
+  static async connect(port: number): Promise<TestClient> {
+    return new TestClient(await Deno.connect({ hostname: "127.0.0.1", port }));
+  }
+
+  /**
+   * Connects and waits for the welcome, so the server has admitted this
+   * client (as guest-N) before the test goes on.
+   */
+  static async join(port: number, name?: string): Promise<TestClient> {
+    const client = await TestClient.connect(port);
+    await client.lines.waitFor(/^\* you are guest-\d+/);
+    if (name) {
+      await client.send(`/nick ${name}`);
+      await client.lines.waitFor(new RegExp(`is now known as ${name}$`));
+    }
+    return client;
+  }
+
+  /** Sends one line, with its `\n`. */
+  async send(line: string): Promise<void> {
+    await this.write(encodeLine(line));
+  }
+
+  /** Sends bytes as they are. */
+  async write(bytes: Uint8Array | string): Promise<void> {
+    const data = typeof bytes === "string"
+      ? new TextEncoder().encode(bytes)
+      : bytes;
+    for (let sent = 0; sent < data.length;) {
+      sent += await this.conn.write(data.subarray(sent));
+    }
+  }
+
+  /** Takes the next line. */
+  next(): Promise<string> {
+    return this.lines.next();
+  }
+
+  /** Waits until the server closes the connection. */
+  async closedByServer(): Promise<void> {
+    await this.lines.waitForEnd();
+    await this.#pump;
+  }
+
+  close(): void {
+    try {
+      this.conn.close();
+    } catch {
+      // Already closed.
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    await this.#pump;
+  }
+}
+
+/** A spawned script, with its output as queues of lines. */
+export class Spawned {
+  readonly stdout = new LineQueue();
+  readonly stderr = new LineQueue();
+  readonly #child: Deno.ChildProcess;
+  readonly #writer?: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #pumps: Promise<void>[];
+
+  constructor(
+    args: string[],
+    options: { stdin?: "piped" | "null"; env?: Record<string, string> } = {},
+  ) {
+    this.#child = new Deno.Command(Deno.execPath(), {
+      args,
+      cwd: ROOT,
+      stdin: options.stdin ?? "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1", ...options.env },
+    }).spawn();
+    if (options.stdin === "piped") {
+      this.#writer = this.#child.stdin.getWriter();
+    }
+    this.#pumps = [
+      pumpStream(this.#child.stdout, this.stdout),
+      pumpStream(this.#child.stderr, this.stderr),
+    ];
+  }
+
+  /** Runs `deno run -A SCRIPT ARGS...` from the repository root. */
+  static script(
+    script: string,
+    args: string[] = [],
+    options: { stdin?: "piped" | "null"; env?: Record<string, string> } = {},
+  ): Spawned {
+    return new Spawned(["run", "-A", script, ...args], options);
+  }
+
+  get pid(): number {
+    return this.#child.pid;
+  }
+
+  /** Types a line on the script's standard input. */
+  async type(line: string): Promise<void> {
+    await this.#writer!.write(encodeLine(line));
+  }
+
+  /** Ends the script's standard input (Ctrl-D, or the end of a pipe). */
+  async endInput(): Promise<void> {
+    await this.#writer!.close();
+  }
+
+  kill(signal: Deno.Signal = "SIGTERM"): void {
+    try {
+      this.#child.kill(signal);
+    } catch {
+      // Already exited.
+    }
+  }
+
+  /** Waits for the exit and all output. */
+  async status(): Promise<Deno.CommandStatus> {
+    const status = await this.#child.status;
+    await Promise.all(this.#pumps);
+    return status;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.kill("SIGKILL");
+    try {
+      await this.#writer?.close();
+    } catch {
+      // Already closed, or the process is gone.
+    }
+    await this.status();
+  }
+}
+
+async function pumpStream(
+  stream: ReadableStream<Uint8Array>,
+  queue: LineQueue,
+): Promise<void> {
+  const reader = stream.getReader();
+  let pending: Uint8Array = new Uint8Array(0);
+  await pumpLines(async (buffer) => {
+    if (pending.length === 0) {
+      const { value, done } = await reader.read();
+      if (done) return null;
+      pending = value;
+    }
+    const count = Math.min(pending.length, buffer.length);
+    buffer.set(pending.subarray(0, count));
+    pending = pending.subarray(count);
+    return count;
+  }, queue);
+}
+
+/** The port a spawned server prints in its banner. */
+export async function bannerPort(server: Spawned): Promise<number> {
+  const banner = await server.stdout.waitFor(/listening on \S+:\d+/);
+  return Number(/:(\d+)/.exec(banner.split("listening on ")[1])![1]);
+}
+
+/** A port where nothing listens (it was free a moment ago). */
+export function closedPort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
+}
+
+/** Is this program on the PATH? */
+export function hasProgram(name: string): boolean {
+  try {
+    const { success } = new Deno.Command("sh", {
+      args: ["-c", `command -v ${name}`],
+      stdout: "null",
+      stderr: "null",
+    }).outputSync();
+    return success;
+  } catch {
+    return false;
+  }
+}

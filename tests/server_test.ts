@@ -1,0 +1,388 @@
+/**
+ * The chat server, driven in-process over real sockets on 127.0.0.1.
+ * @module
+ */
+
+import { assert, assertEquals, assertMatch } from "@std/assert";
+import { ChatServer, type ServerOptions } from "../server.ts";
+import { LineQueue, TestClient } from "./helpers.ts";
+
+/** Starts a server on a free port; its console lines go to `console`. */
+function startServer(options: Partial<ServerOptions> = {}) {
+  const console = new LineQueue();
+  const server = ChatServer.start({
+    host: "127.0.0.1",
+    port: 0,
+    print: (line) => console.push(line),
+    ...options,
+  });
+  return {
+    server,
+    console,
+    port: server.addr.port,
+    [Symbol.asyncDispose]: () => server.stop(),
+  };
+}
+
+Deno.test("server relays a message to every other client, not back to its sender", async () => {
+  await using room = startServer();
+  const { port } = room;
+  await using amey = await TestClient.join(port, "amey");
+  await using karan = await TestClient.join(port, "karan");
+  await using lina = await TestClient.join(port, "lina");
+
+  await amey.send("hello, everyone");
+  assertEquals(await karan.lines.waitFor(/^</), "<amey> hello, everyone");
+  assertEquals(await lina.lines.waitFor(/^</), "<amey> hello, everyone");
+  // Lines are handled in order: by the answer to /who, an echo of the
+  // message would have come.
+  await amey.send("/who");
+  await amey.lines.waitFor(/^\* online/);
+  assertEquals(amey.lines.all.filter((line) => line.startsWith("<")), []);
+  assertEquals(
+    await room.console.waitFor(/^</),
+    "<amey> hello, everyone",
+    "the operator sees the room's messages",
+  );
+});
+
+Deno.test("server announces joins, renames and leaves to the others", async () => {
+  await using room = startServer();
+  await using amey = await TestClient.join(room.port, "amey");
+  const karan = await TestClient.connect(room.port);
+
+  assertMatch(await amey.lines.next(), /^\* guest-\d+ joined$/);
+  await karan.send("/nick Karan");
+  assertMatch(await amey.lines.next(), /^\* guest-\d+ is now known as Karan$/);
+  assertMatch(
+    await karan.lines.waitFor(/known as/),
+    /is now known as Karan$/,
+    "the renamed client is told too",
+  );
+  await karan.send("/quit");
+  await karan.lines.waitFor("* bye");
+  await karan.closedByServer();
+  karan.close();
+  assertEquals(await amey.lines.next(), "* Karan left");
+  await room.console.waitFor(/Karan left \(quit\)$/);
+});
+
+Deno.test("server welcomes a client with who is online, a guest name and how to get help", async () => {
+  await using room = startServer({ operatorName: "teacher" });
+  await using amey = await TestClient.join(room.port, "amey");
+  await using guest = await TestClient.connect(room.port);
+
+  assertMatch(await guest.next(), /^\* welcome/);
+  assertEquals(await guest.next(), "* online: amey, teacher (operator)");
+  assertMatch(
+    await guest.next(),
+    /^\* you are guest-\d+: pick a name with \/nick NAME; \/help lists the commands$/,
+  );
+  assert(amey.lines.all.length > 0);
+});
+
+Deno.test("server gives each unnamed client its own guest name", async () => {
+  await using room = startServer();
+  const names = [];
+  const clients = [];
+  for (let i = 0; i < 3; i++) {
+    const client = await TestClient.connect(room.port);
+    clients.push(client);
+    names.push(
+      /you are (guest-\d+)/.exec(await client.lines.waitFor(/you are/))![1],
+    );
+  }
+  assertEquals(new Set(names).size, 3);
+  // A guest name someone took by hand is skipped for the next guest.
+  await clients[0].send("/nick guest-99");
+  await clients[0].lines.waitFor(/known as guest-99/);
+  await clients[1].send("/who");
+  assertMatch(await clients[1].lines.waitFor(/^\* online/), /guest-99/);
+  for (const client of clients) {
+    client.close();
+  }
+  for (const client of clients) await client.closedByServer();
+});
+
+Deno.test("server refuses names that are taken, reserved or invalid", async (t) => {
+  await using room = startServer();
+  await using amey = await TestClient.join(room.port, "AMEY");
+  await using karan = await TestClient.join(room.port, "karan");
+
+  const cases: [string, string][] = [
+    ["/nick amey", '! name "amey" is taken'],
+    ["/nick Server", '! name "Server" is reserved for the operator'],
+    [
+      "/nick bad name",
+      '! name "bad name" is not valid: use letters, digits, "-", "_" or "."',
+    ],
+    [
+      "/nick k@ran",
+      '! name "k@ran" is not valid: use letters, digits, "-", "_" or "."',
+    ],
+    [
+      "/nick " + "x".repeat(25),
+      `! name "${"x".repeat(24)}..." is too long (24 characters at most)`,
+    ],
+    ["/nick", "! usage: /nick NAME"],
+  ];
+  for (const [command, error] of cases) {
+    await t.step(command.slice(0, 20), async () => {
+      await karan.send(command);
+      assertEquals(await karan.next(), error);
+    });
+  }
+  await karan.send("/nick a.b_c-9");
+  assertEquals(
+    await amey.lines.waitFor(/known as a/),
+    "* karan is now known as a.b_c-9",
+  );
+});
+
+Deno.test("server sends /msg to one client only, marked private", async () => {
+  await using room = startServer();
+  await using amey = await TestClient.join(room.port, "amey");
+  await using karan = await TestClient.join(room.port, "karan");
+  await using lina = await TestClient.join(room.port, "lina");
+
+  await amey.send("/msg KARAN see you at 5");
+  assertEquals(
+    await karan.lines.waitFor(/private/),
+    "[private] <amey> see you at 5",
+  );
+  await amey.send("for all");
+  assertEquals(
+    await lina.lines.waitFor(/^</),
+    "<amey> for all",
+    "lina got no private line first",
+  );
+  await amey.send("/msg nobody hi");
+  assertEquals(
+    await amey.lines.waitFor(/^!/),
+    '! no one named "nobody" is online',
+  );
+  await amey.send("/msg karan");
+  assertEquals(await amey.lines.waitFor(/^!/), "! usage: /msg NAME TEXT");
+  await amey.send("/msg server hi operator");
+  assertEquals(
+    await room.console.waitFor(/private/),
+    "[private] <amey> hi operator",
+  );
+});
+
+Deno.test("server turns /me into an action notice and // into a message starting with /", async () => {
+  await using room = startServer();
+  await using amey = await TestClient.join(room.port, "amey");
+  await using karan = await TestClient.join(room.port, "Karan");
+
+  await karan.send("/me waves");
+  assertEquals(await amey.lines.waitFor(/waves/), "* Karan waves");
+  await karan.send("//etc/hosts is a file");
+  assertEquals(await amey.lines.waitFor(/^</), "<Karan> /etc/hosts is a file");
+  await karan.send("/dance");
+  assertEquals(
+    await karan.lines.waitFor(/^!/),
+    '! unknown command "/dance": /help lists the commands',
+  );
+  await karan.send("/help");
+  assertEquals(await karan.lines.waitFor(/^\* /), "* commands:");
+  await karan.send("/me");
+  assertEquals(await karan.lines.waitFor(/^!/), "! usage: /me TEXT");
+});
+
+Deno.test("server frames lines whatever pieces TCP delivers them in", async (t) => {
+  await using room = startServer();
+  await using reader = await TestClient.join(room.port, "reader");
+  await using writer = await TestClient.join(room.port, "writer");
+  const bytes = (text: string) => new TextEncoder().encode(text);
+
+  await t.step(
+    "a line split over several writes arrives once, whole",
+    async () => {
+      await writer.write("hel");
+      await writer.write("lo wor");
+      await writer.write("ld\n");
+      assertEquals(await reader.lines.waitFor(/^</), "<writer> hello world");
+    },
+  );
+  await t.step("many lines in one write arrive as many messages", async () => {
+    await writer.write("one\ntwo\r\nthree\n");
+    assertEquals(await reader.lines.waitFor(/^</), "<writer> one");
+    assertEquals(await reader.next(), "<writer> two");
+    assertEquals(await reader.next(), "<writer> three");
+  });
+  await t.step(
+    "a UTF-8 character split between writes arrives whole",
+    async () => {
+      const line = bytes("नमस्ते 你好 👋\n");
+      for (const byte of line) await writer.write(new Uint8Array([byte]));
+      assertEquals(await reader.lines.waitFor(/^</), "<writer> नमस्ते 你好 👋");
+    },
+  );
+  await t.step("CRLF split between writes ends one line", async () => {
+    await writer.write("crlf\r");
+    await writer.write("\nnext\n");
+    assertEquals(await reader.lines.waitFor(/^</), "<writer> crlf");
+    assertEquals(await reader.next(), "<writer> next");
+  });
+  await t.step("invalid UTF-8 becomes U+FFFD and is not fatal", async () => {
+    await writer.write(new Uint8Array([0x61, 0xff, 0x62, 0x0a]));
+    assertEquals(await reader.lines.waitFor(/^</), "<writer> a\ufffdb");
+  });
+});
+
+Deno.test("server discards a line over the limit, keeps the connection and its memory bounded", async () => {
+  await using room = startServer({ maxLineBytes: 100 });
+  await using reader = await TestClient.join(room.port, "reader");
+  await using writer = await TestClient.join(room.port, "writer");
+
+  await writer.write("x".repeat(1_000_000) + "\nafter\n");
+  assertEquals(
+    await writer.lines.waitFor(/^!/),
+    "! line too long (over 100 bytes): it was not sent",
+  );
+  assertEquals(await reader.lines.waitFor(/^</), "<writer> after");
+});
+
+Deno.test("server removes and announces a client that vanishes without /quit", async (t) => {
+  await using room = startServer();
+  await using amey = await TestClient.join(room.port, "amey");
+
+  await t.step("a closed connection", async () => {
+    const karan = await TestClient.join(room.port, "karan");
+    karan.close();
+    assertEquals(await amey.lines.waitFor(/left/), "* karan left");
+    await room.console.waitFor(/karan left \(closed\)/);
+  });
+  await t.step("a half-closed connection still gets its answers", async () => {
+    const lina = await TestClient.join(room.port, "lina");
+    await lina.send("/who");
+    await lina.conn.closeWrite();
+    assertMatch(await lina.lines.waitFor(/^\* online/), /lina/);
+    await lina.closedByServer();
+    lina.close();
+    assertEquals(await amey.lines.waitFor(/left/), "* lina left");
+  });
+  await t.step("a last line without a newline is still relayed", async () => {
+    const omar = await TestClient.join(room.port, "omar");
+    await omar.write("no newline");
+    await omar.conn.closeWrite();
+    assertEquals(await amey.lines.waitFor(/^</), "<omar> no newline");
+    await omar.closedByServer();
+    omar.close();
+  });
+  await amey.send("/who");
+  assertEquals(
+    await amey.lines.waitFor(/^\* online/),
+    "* online (2): amey, server (operator)",
+  );
+});
+
+Deno.test("server drops a client that stops reading, without delaying the others", async () => {
+  await using room = startServer({ maxPendingBytes: 64 * 1024 });
+  // The sleeper connects and never reads: its socket buffers fill, then
+  // what the server keeps for it passes the cap.
+  const sleeper = await Deno.connect({
+    hostname: "127.0.0.1",
+    port: room.port,
+  });
+  await room.console.waitFor(/guest-\d+ joined/);
+  await using talker = await TestClient.join(room.port, "talker");
+  await using listener = await TestClient.join(room.port, "listener");
+
+  const line = "y".repeat(4000);
+  let leftNotice;
+  for (let i = 0; i < 20_000 && !leftNotice; i++) {
+    await talker.send(line);
+    // The listener gets every line, and at some point the notice.
+    const received = await listener.next();
+    if (received.startsWith("* ")) leftNotice = received;
+    else assertEquals(received, `<talker> ${line}`);
+  }
+  assertMatch(leftNotice!, /^\* guest-\d+ left \(too slow\)$/);
+  await room.console.waitFor(/guest-\d+ left \(too slow\)$/);
+  sleeper.close();
+});
+
+Deno.test("iterative server serves one client at a time, then the next, with its early lines", async () => {
+  await using room = startServer({ iterative: true });
+  await using first = await TestClient.join(room.port, "first");
+  await room.console.waitFor(/serving first|serving guest-\d+ alone/);
+
+  // The second client connects and types while the first is served.
+  await using second = await TestClient.connect(room.port);
+  await second.send("/nick second");
+  await second.send("typed while waiting");
+
+  await first.send("hello operator");
+  assertEquals(await room.console.waitFor(/^</), "<first> hello operator");
+  room.server.operatorSays("hello first");
+  assertEquals(await first.lines.waitFor(/^</), "<server> hello first");
+  assertEquals(second.lines.all.length, 0, "the second client waits unserved");
+
+  await first.send("/quit");
+  await first.closedByServer();
+  await room.console.waitFor(/waiting for the next client/);
+  assertMatch(await second.lines.next(), /^\* welcome/);
+  assertEquals(
+    await room.console.waitFor(/^</),
+    "<second> typed while waiting",
+  );
+  room.server.operatorSays("your turn");
+  assertEquals(await second.lines.waitFor(/^</), "<server> your turn");
+});
+
+Deno.test("operator console talks to the room, lists and kicks clients", async () => {
+  await using room = startServer({ operatorName: "teacher" });
+  await using amey = await TestClient.join(room.port, "amey");
+  await using karan = await TestClient.join(room.port, "karan");
+
+  room.server.operatorSays("welcome, class");
+  assertEquals(await amey.lines.waitFor(/^</), "<teacher> welcome, class");
+  assertEquals(await karan.lines.waitFor(/^</), "<teacher> welcome, class");
+  room.server.operatorSays("/who");
+  assertEquals(
+    await room.console.waitFor(/online/),
+    "* online (3): amey, karan, teacher (operator)",
+  );
+  room.server.operatorSays("/kick KARAN");
+  assertEquals(
+    await karan.lines.waitFor(/kicked/),
+    "* you were kicked by the operator",
+  );
+  await karan.closedByServer();
+  assertEquals(await amey.lines.waitFor(/left/), "* karan left (kicked)");
+  room.server.operatorSays("/kick nobody");
+  assertEquals(await room.console.waitFor(/^!/), '! no one named "nobody"');
+  room.server.operatorSays("/bogus");
+  assertMatch(await room.console.waitFor(/^!/), /unknown command "\/bogus"/);
+});
+
+Deno.test("server stop tells every client, closes them, and finishes", async () => {
+  const room = startServer();
+  const amey = await TestClient.join(room.port, "amey");
+  const karan = await TestClient.join(room.port, "karan");
+
+  await room.server.stop();
+  for (const client of [amey, karan]) {
+    assertEquals(
+      await client.lines.waitFor(/shutting/),
+      "* server shutting down",
+    );
+    await client.closedByServer();
+    client.close();
+  }
+  await room.server.finished;
+  await assertRefused(room.port);
+});
+
+async function assertRefused(port: number): Promise<void> {
+  try {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    conn.close();
+  } catch (error) {
+    assert(error instanceof Deno.errors.ConnectionRefused);
+    return;
+  }
+  throw new Error("the server still accepts connections");
+}
