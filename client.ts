@@ -244,6 +244,12 @@ function columns(): number {
 // The chat session
 // ---------------------------------------------------------------------------
 
+/** How the program ends: its exit code, and a message for an error. */
+interface Ending {
+  code: number;
+  error?: string;
+}
+
 /** A connected client: one loop receives, another sends what you type. */
 class ChatSession {
   /** Set when we asked to leave, so the server closing is expected. */
@@ -270,14 +276,14 @@ class ChatSession {
     } catch {
       // The connection is already gone: nothing left to leave.
     }
-    setTimeout(() => this.stop(0), LEAVE_TIMEOUT_MS);
+    setTimeout(() => this.stop({ code: 0 }), LEAVE_TIMEOUT_MS);
   }
 
   /**
    * Receive: print each line from the server as it arrives.
-   * @returns the exit code once the server has closed the connection
+   * @returns how the program ends once the connection is closed
    */
-  async receive(): Promise<number> {
+  async receive(): Promise<Ending> {
     const buffer = new Uint8Array(16 * 1024);
     const framer = new LineFramer(64 * 1024);
     try {
@@ -286,15 +292,17 @@ class ChatSession {
       }
       this.#printFrames(framer.end());
     } catch (error) {
-      if (this.leaving || isClosedByUs(error)) return 0;
-      this.screen.print(paintError(
-        `Connection to "${this.target}" lost: ${networkReason(error)}`,
-      ));
-      return 1;
+      if (this.leaving || isClosedByUs(error)) return { code: 0 };
+      return {
+        code: 1,
+        error: `Connection to "${this.target}" lost: ${networkReason(error)}`,
+      };
     }
-    if (this.leaving) return 0;
-    this.screen.print(paintError(`The server closed the connection`));
-    return 1;
+    if (this.leaving) return { code: 0 };
+    return {
+      code: 1,
+      error: `The server "${this.target}" closed the connection`,
+    };
   }
 
   #printFrames(frames: Frame[]): void {
@@ -303,8 +311,8 @@ class ChatSession {
     }
   }
 
-  /** Closes the connection and ends the program with `code`. */
-  stop(code: number): void {
+  /** Closes the connection and ends the program. */
+  stop({ code, error }: Ending): void {
     if (this.#stopped) return;
     this.#stopped = true;
     if (this.screen.editor) {
@@ -316,6 +324,7 @@ class ChatSession {
     } catch {
       // Already closed.
     }
+    if (error) console.error(paintError(error));
     Deno.exit(code);
   }
 }

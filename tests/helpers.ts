@@ -7,6 +7,7 @@
  */
 
 import { encodeLine, LINE_TOO_LONG, LineFramer } from "../shared.ts";
+import { ChatServer, type ServerOptions } from "../server.ts";
 
 /** How long a test waits for a line before it fails. */
 export const WAIT_MS = 10_000;
@@ -207,11 +208,13 @@ export class Spawned {
   readonly #writer?: WritableStreamDefaultWriter<Uint8Array>;
   readonly #pumps: Promise<void>[];
 
+  /** Runs `program` (Deno itself by default) with `args`. */
   constructor(
     args: string[],
     options: { stdin?: "piped" | "null"; env?: Record<string, string> } = {},
+    program: string = Deno.execPath(),
   ) {
-    this.#child = new Deno.Command(Deno.execPath(), {
+    this.#child = new Deno.Command(program, {
       args,
       cwd: ROOT,
       stdin: options.stdin ?? "null",
@@ -322,4 +325,24 @@ export function hasProgram(name: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Starts an in-process server on a free port of 127.0.0.1; its console
+ * lines go to `console`. `await using` stops it.
+ */
+export function startServer(options: Partial<ServerOptions> = {}) {
+  const console = new LineQueue();
+  const server = ChatServer.start({
+    host: "127.0.0.1",
+    port: 0,
+    print: (line) => console.push(line),
+    ...options,
+  });
+  return {
+    server,
+    console,
+    port: server.addr.port,
+    [Symbol.asyncDispose]: () => server.stop(),
+  };
 }

@@ -4,25 +4,7 @@
  */
 
 import { assert, assertEquals, assertMatch } from "@std/assert";
-import { ChatServer, type ServerOptions } from "../server.ts";
-import { LineQueue, TestClient } from "./helpers.ts";
-
-/** Starts a server on a free port; its console lines go to `console`. */
-function startServer(options: Partial<ServerOptions> = {}) {
-  const console = new LineQueue();
-  const server = ChatServer.start({
-    host: "127.0.0.1",
-    port: 0,
-    print: (line) => console.push(line),
-    ...options,
-  });
-  return {
-    server,
-    console,
-    port: server.addr.port,
-    [Symbol.asyncDispose]: () => server.stop(),
-  };
-}
+import { startServer, TestClient } from "./helpers.ts";
 
 Deno.test("server relays a message to every other client, not back to its sender", async () => {
   await using room = startServer();

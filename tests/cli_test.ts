@@ -1,0 +1,361 @@
+/**
+ * server.ts and client.ts as real processes, as a user runs them, and
+ * third-party peers (nc, python3) against the server.
+ * @module
+ */
+
+import { assert, assertEquals, assertMatch } from "@std/assert";
+import {
+  bannerPort,
+  closedPort,
+  hasProgram,
+  Spawned,
+  startServer,
+  TestClient,
+} from "./helpers.ts";
+
+const LOCAL = ["--host", "127.0.0.1", "--port", "0"];
+
+Deno.test("server.ts and client.ts print their usage with --help and exit 0", async () => {
+  for (const script of ["server.ts", "client.ts"]) {
+    await using run = Spawned.script(script, ["--help"]);
+    const status = await run.status();
+    assertEquals(status.code, 0);
+    assertMatch(run.stdout.all.join("\n"), /USAGE:[\s\S]*--port <PORT>/);
+  }
+});
+
+Deno.test("a bad flag gets one clear line, the usage, and exit code 2", async (t) => {
+  const cases: [string, string[], string][] = [
+    [
+      "server.ts",
+      ["--port", "70000"],
+      'Invalid port "70000": use a whole number from 0 to 65535',
+    ],
+    ["server.ts", ["--colour"], 'Unknown option "--colour"'],
+    [
+      "server.ts",
+      ["--name", "bad name"],
+      'Invalid --name: name "bad name" is not valid: use letters, digits, "-", "_" or "."',
+    ],
+    [
+      "client.ts",
+      ["--port", "http"],
+      'Invalid port "http": use a whole number from 0 to 65535',
+    ],
+    ["client.ts", ["host1", "host2"], 'Unexpected argument "host2"'],
+  ];
+  for (const [script, args, message] of cases) {
+    await t.step(`${script} ${args.join(" ")}`, async () => {
+      await using run = Spawned.script(script, args);
+      const status = await run.status();
+      assertEquals(status.code, 2);
+      assertEquals(run.stderr.all[0], message);
+      assertEquals(
+        run.stderr.all[1],
+        "socklab TCP chat " + script.replace(".ts", ""),
+      );
+    });
+  }
+});
+
+Deno.test("server.ts prints where it listens and the commands to connect", async () => {
+  await using server = Spawned.script("server.ts", LOCAL, { stdin: "piped" });
+  const port = await bannerPort(server);
+  assert(port > 0);
+  assertEquals(
+    await server.stdout.waitFor(/^ {2}deno run/),
+    `  deno run -A client.ts 127.0.0.1 --port ${port}    or    nc 127.0.0.1 ${port}`,
+  );
+});
+
+Deno.test("server.ts cannot listen on a port in use: one line, exit 1", async () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = taken.addr as Deno.NetAddr;
+  try {
+    await using server = Spawned.script("server.ts", [
+      "--host",
+      "127.0.0.1",
+      "--port",
+      String(port),
+    ]);
+    const status = await server.status();
+    assertEquals(status.code, 1);
+    assertEquals(server.stderr.all, [
+      `Cannot listen on "127.0.0.1:${port}": address already in use (is another server running on this port?)`,
+    ]);
+  } finally {
+    taken.close();
+  }
+});
+
+Deno.test("the operator's console chats with the room (concurrent server)", async () => {
+  await using server = Spawned.script("server.ts", [
+    ...LOCAL,
+    "--name",
+    "teacher",
+  ], { stdin: "piped" });
+  const port = await bannerPort(server);
+  await using amey = await TestClient.join(port, "amey");
+  await using karan = await TestClient.join(port, "karan");
+
+  await server.type("hello class");
+  assertEquals(await amey.lines.waitFor(/^</), "<teacher> hello class");
+  assertEquals(await karan.lines.waitFor(/^</), "<teacher> hello class");
+  await amey.send("hello teacher");
+  assertEquals(await server.stdout.waitFor(/^</), "<amey> hello teacher");
+  await server.type("/who");
+  assertEquals(
+    await server.stdout.waitFor(/online/),
+    "* online (3): amey, karan, teacher (operator)",
+  );
+  await server.type("/kick karan");
+  await karan.closedByServer();
+  assertMatch(
+    await server.stdout.waitFor(/karan left/),
+    /^\d\d:\d\d:\d\d karan left \(kicked\)$/,
+  );
+});
+
+Deno.test("the operator's console is a one-to-one chat with the client served (iterative server)", async () => {
+  await using server = Spawned.script("server.ts", [...LOCAL, "--iterative"], {
+    stdin: "piped",
+  });
+  const port = await bannerPort(server);
+  assertMatch(server.stdout.all[0], /iterative/);
+  await using first = await TestClient.join(port, "first");
+  await server.stdout.waitFor(
+    /serving guest-\d+ alone; other clients wait in the backlog/,
+  );
+  await using second = await TestClient.connect(port);
+  await second.send("/nick second");
+  await second.send("I was here early");
+
+  await server.type("hi first");
+  assertEquals(await first.lines.waitFor(/^</), "<server> hi first");
+  await first.send("bye");
+  assertEquals(await server.stdout.waitFor(/^</), "<first> bye");
+  first.close();
+  assertMatch(await server.stdout.waitFor(/left/), /first left \(closed\)/);
+  await server.stdout.waitFor(/waiting for the next client/);
+  assertEquals(await server.stdout.waitFor(/^</), "<second> I was here early");
+  await server.type("hi second");
+  assertEquals(await second.lines.waitFor(/^</), "<server> hi second");
+});
+
+for (
+  const [how, stop] of [
+    ["SIGTERM", (server: Spawned) => server.kill("SIGTERM")],
+    ["SIGINT (Ctrl-C)", (server: Spawned) => server.kill("SIGINT")],
+    ["/quit at the console", (server: Spawned) => server.type("/quit")],
+  ] as const
+) {
+  Deno.test(`server.ts shuts down gracefully on ${how}: clients told, exit 0`, async () => {
+    await using server = Spawned.script("server.ts", LOCAL, { stdin: "piped" });
+    const port = await bannerPort(server);
+    await using amey = await TestClient.join(port, "amey");
+    await using karan = await TestClient.join(port, "karan");
+
+    await stop(server);
+    for (const client of [amey, karan]) {
+      assertEquals(
+        await client.lines.waitFor(/shutting/),
+        "* server shutting down",
+      );
+      await client.closedByServer();
+    }
+    const status = await server.status();
+    assertEquals(status.code, 0);
+    assertMatch(server.stdout.all.at(-1)!, /stopped$/);
+    assertEquals(server.stderr.all, []);
+  });
+}
+
+Deno.test("server.ts goes on without a console when stdin is empty or ends", async () => {
+  await using server = Spawned.script("server.ts", LOCAL, { stdin: "null" });
+  const port = await bannerPort(server);
+  await server.stdout.waitFor(/console input ended; the server goes on/);
+  await using amey = await TestClient.join(port, "amey");
+  await using karan = await TestClient.join(port, "karan");
+  await amey.send("still here");
+  assertEquals(await karan.lines.waitFor(/^</), "<amey> still here");
+  server.kill("SIGTERM");
+  assertEquals((await server.status()).code, 0);
+});
+
+Deno.test("server announces a client whose process is killed", async () => {
+  await using room = startServer();
+  await using amey = await TestClient.join(room.port, "amey");
+  await using client = Spawned.script("client.ts", [
+    "127.0.0.1",
+    "--port",
+    String(room.port),
+    "--name",
+    "doomed",
+  ], {
+    stdin: "piped",
+  });
+  await amey.lines.waitFor(/known as doomed/);
+  client.kill("SIGKILL");
+  assertEquals((await client.status()).signal, "SIGKILL");
+  assertEquals(await amey.lines.waitFor(/left/), "* doomed left");
+});
+
+Deno.test("server removes a client whose connection is reset (python3, SO_LINGER 0)", async () => {
+  await using room = startServer();
+  await using amey = await TestClient.join(room.port, "amey");
+  // A peer we did not write: it sends a TCP RST instead of a clean close.
+  const python = `
+import socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"/nick resetter\\n")
+seen = b""
+while b"known as resetter" not in seen:
+    seen += s.recv(4096)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+`;
+  const { success } = await new Deno.Command("python3", {
+    args: ["-c", python, String(room.port)],
+  }).output();
+  assert(success);
+  assertEquals(await amey.lines.waitFor(/left/), "* resetter left");
+  await room.console.waitFor(/resetter left \(reset\)$/);
+});
+
+Deno.test("client.ts sends piped lines, shows what arrives, and leaves cleanly at the end", async () => {
+  await using room = startServer();
+  await using amey = await TestClient.join(room.port, "amey");
+  await using bot = Spawned.script("client.ts", [
+    "127.0.0.1",
+    "--port",
+    String(room.port),
+    "--name",
+    "bot",
+  ], {
+    stdin: "piped",
+  });
+  await amey.lines.waitFor(/known as bot/);
+  // Lines arrive while the client has typed nothing: no turn-taking.
+  await amey.send("hello bot");
+  assertEquals(await bot.stdout.waitFor(/^</), "<amey> hello bot");
+
+  await bot.type("hi");
+  await bot.type("bye");
+  await bot.endInput();
+  assertEquals(await amey.lines.waitFor(/^</), "<bot> hi");
+  assertEquals(await amey.next(), "<bot> bye");
+  assertEquals(await amey.next(), "* bot left");
+  const status = await bot.status();
+  assertEquals(status.code, 0);
+  assertEquals(bot.stderr.all, []);
+  assertEquals(bot.stdout.all.at(-1), "* bye");
+});
+
+Deno.test("client.ts with no --name and piped input stays a guest", async () => {
+  await using room = startServer();
+  await using amey = await TestClient.join(room.port, "amey");
+  await using guest = Spawned.script("client.ts", [
+    "127.0.0.1",
+    "--port",
+    String(room.port),
+  ], { stdin: "piped" });
+  await guest.type("just passing");
+  await guest.endInput();
+  assertMatch(await amey.lines.waitFor(/^</), /^<guest-\d+> just passing$/);
+  assertEquals((await guest.status()).code, 0);
+});
+
+Deno.test("client.ts explains a failed connection in one line and exits 1", async (t) => {
+  await t.step("connection refused", async () => {
+    const port = closedPort();
+    await using client = Spawned.script("client.ts", [
+      "127.0.0.1",
+      "--port",
+      String(port),
+    ]);
+    assertEquals((await client.status()).code, 1);
+    assertEquals(client.stderr.all, [
+      `Cannot connect to "127.0.0.1:${port}": connection refused (is the server running, and on this port?)`,
+    ]);
+  });
+  await t.step("unknown host", async () => {
+    await using client = Spawned.script("client.ts", ["no-such-host.invalid"]);
+    assertEquals((await client.status()).code, 1);
+    assertEquals(client.stderr.all, [
+      `Cannot connect to "no-such-host.invalid:9999": unknown host`,
+    ]);
+  });
+});
+
+Deno.test("client.ts says so and exits 1 when the server closes the connection", async (t) => {
+  await t.step("kicked", async () => {
+    await using room = startServer();
+    await using client = Spawned.script("client.ts", [
+      "127.0.0.1",
+      "--port",
+      String(room.port),
+      "--name",
+      "kim",
+    ], {
+      stdin: "piped",
+    });
+    await room.console.waitFor(/known as kim/);
+    room.server.operatorSays("/kick kim");
+    assertEquals((await client.status()).code, 1);
+    assertEquals(client.stdout.all.at(-1), "* you were kicked by the operator");
+    assertEquals(client.stderr.all, [
+      `The server "127.0.0.1:${room.port}" closed the connection`,
+    ]);
+  });
+  await t.step("server shut down", async () => {
+    const room = startServer();
+    await using client = Spawned.script("client.ts", [
+      "127.0.0.1",
+      "--port",
+      String(room.port),
+      "--name",
+      "kim",
+    ], {
+      stdin: "piped",
+    });
+    await room.console.waitFor(/known as kim/);
+    await room.server.stop();
+    assertEquals((await client.status()).code, 1);
+    assertEquals(client.stdout.all.at(-1), "* server shutting down");
+    assertEquals(client.stderr.all, [
+      `The server "127.0.0.1:${room.port}" closed the connection`,
+    ]);
+  });
+});
+
+const NC_MISSING = !hasProgram("nc");
+if (NC_MISSING) {
+  console.log(
+    "skipping the nc test: nc (netcat-openbsd) is not installed; .ci/run installs it",
+  );
+}
+
+Deno.test({
+  name: "nc (netcat-openbsd) is a complete client of server.ts",
+  ignore: NC_MISSING,
+  async fn() {
+    await using server = Spawned.script("server.ts", LOCAL, { stdin: "piped" });
+    const port = await bannerPort(server);
+    await using amey = await TestClient.join(port, "amey");
+    // -N: after the end of input, shut down the sending side (a half-close).
+    await using nc = new Spawned(["-N", "127.0.0.1", String(port)], {
+      stdin: "piped",
+    }, "nc");
+    assertMatch(await nc.stdout.next(), /^\* welcome/);
+    await nc.type("/nick netcat");
+    await amey.lines.waitFor(/known as netcat/);
+    await nc.type("hello from nc");
+    assertEquals(await amey.lines.waitFor(/^</), "<netcat> hello from nc");
+    await amey.send("hello nc");
+    assertEquals(await nc.stdout.waitFor(/^</), "<amey> hello nc");
+    await nc.endInput();
+    assertEquals(await amey.lines.waitFor(/left/), "* netcat left");
+    assertEquals((await nc.status()).code, 0);
+  },
+});
