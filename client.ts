@@ -18,11 +18,11 @@ import {
   type Frame,
   isClosedByUs,
   LINE_TOO_LONG,
+  LineConsole,
   LineFramer,
   nameProblem,
   networkReason,
   paintChatLine,
-  paintDim,
   paintError,
   parseFlags,
   parsePort,
@@ -89,158 +89,6 @@ export function parseClientArgs(args: string[]): ClientOptions {
 }
 
 // ---------------------------------------------------------------------------
-// The line you type, kept apart from the lines that arrive
-// ---------------------------------------------------------------------------
-
-/** What a key press in the line editor amounts to. */
-export type EditorEvent =
-  | { kind: "line"; text: string }
-  | { kind: "interrupt" }
-  | { kind: "end" };
-
-// Keys that send escape sequences (arrows, Home, F1...): not supported,
-// so they are ignored rather than typed into the line.
-// deno-lint-ignore no-control-regex -- matching escape sequences is the point
-const KEY_SEQUENCE = /\x1b(?:\[[0-9;?]*[ -/]*[@-~]|O.|.)?/g;
-
-/**
- * A small line editor for a terminal in raw mode. The terminal's own line
- * editing cannot redraw what you were typing after a message is printed,
- * so the client keeps the line itself: printable text, Backspace, Ctrl-U
- * (clear), Ctrl-W (delete a word), Enter, Ctrl-C and Ctrl-D.
- */
-export class LineEditor {
-  #text = "";
-  #decoder = new TextDecoder();
-
-  /** @param prompt shown before the line being typed */
-  constructor(readonly prompt = "> ") {}
-
-  /** The line typed so far. */
-  get text(): string {
-    return this.#text;
-  }
-
-  /**
-   * Takes the bytes of key presses.
-   * @returns the lines finished, and whether to interrupt or end
-   */
-  feed(bytes: Uint8Array): EditorEvent[] {
-    const typed = this.#decoder.decode(bytes, { stream: true })
-      .replace(KEY_SEQUENCE, "");
-    const events: EditorEvent[] = [];
-    for (const char of typed) {
-      const event = this.#press(char);
-      if (event) events.push(event);
-    }
-    return events;
-  }
-
-  #press(char: string): EditorEvent | undefined {
-    switch (char) {
-      case "\r":
-      case "\n": {
-        const text = this.#text;
-        this.#text = "";
-        return { kind: "line", text };
-      }
-      case "\x03":
-        return { kind: "interrupt" };
-      case "\x04":
-        return this.#text === "" ? { kind: "end" } : undefined;
-      case "\x7f":
-      case "\b":
-        this.#text = Array.from(this.#text).slice(0, -1).join("");
-        return undefined;
-      case "\x15":
-        this.#text = "";
-        return undefined;
-      case "\x17":
-        this.#text = this.#text.replace(/\S*\s*$/, "");
-        return undefined;
-      default:
-        if (char >= " " && char !== "\x7f") this.#text += char;
-        return undefined;
-    }
-  }
-
-  /**
-   * The prompt and the typed line, fitted into `columns` (the start of a
-   * long line is cut), ready to overwrite the current terminal row.
-   */
-  render(columns: number): string {
-    const room = Math.max(columns - this.prompt.length - 2, 8);
-    const chars = Array.from(this.#text);
-    let shown = "";
-    let width = 0;
-    for (let i = chars.length - 1; i >= 0; i--) {
-      width += charWidth(chars[i]);
-      if (width > room) {
-        shown = "…" + shown;
-        break;
-      }
-      shown = chars[i] + shown;
-    }
-    return `\r\x1b[K${paintDim(this.prompt)}${shown}`;
-  }
-}
-
-/** Columns a character takes: East Asian wide characters and emoji take 2. */
-function charWidth(char: string): number {
-  const code = char.codePointAt(0)!;
-  const wide = (code >= 0x1100 && code <= 0x115f) ||
-    (code >= 0x2e80 && code <= 0xa4cf) || (code >= 0xac00 && code <= 0xd7a3) ||
-    (code >= 0xf900 && code <= 0xfaff) || (code >= 0xfe30 && code <= 0xfe4f) ||
-    (code >= 0xff00 && code <= 0xff60) || (code >= 0xffe0 && code <= 0xffe6) ||
-    (code >= 0x1f300 && code <= 0x1faff) || (code >= 0x20000);
-  return wide ? 2 : 1;
-}
-
-// ---------------------------------------------------------------------------
-// The screen
-// ---------------------------------------------------------------------------
-
-const encoder = new TextEncoder();
-
-/** Prints what arrives, keeping the line being typed at the bottom. */
-class Screen {
-  constructor(readonly editor?: LineEditor) {}
-
-  /** Prints one line above the line being typed. */
-  print(line: string): void {
-    if (!this.editor) return writeOut(line + "\n");
-    writeOut(`\r\x1b[K${line}\n${this.editor.render(columns())}`);
-  }
-
-  /** Redraws the line being typed. */
-  redraw(): void {
-    if (this.editor) writeOut(this.editor.render(columns()));
-  }
-
-  /** Leaves the line being typed on the screen, as sent. */
-  keepTyped(text: string): void {
-    if (this.editor) {
-      writeOut(`\r\x1b[K${paintDim(this.editor.prompt)}${text}\n`);
-    }
-  }
-}
-
-function writeOut(text: string): void {
-  const bytes = encoder.encode(text);
-  for (let sent = 0; sent < bytes.length;) {
-    sent += Deno.stdout.writeSync(bytes.subarray(sent));
-  }
-}
-
-function columns(): number {
-  try {
-    return Deno.consoleSize().columns;
-  } catch {
-    return 80;
-  }
-}
-
-// ---------------------------------------------------------------------------
 // The chat session
 // ---------------------------------------------------------------------------
 
@@ -259,7 +107,7 @@ class ChatSession {
   constructor(
     readonly conn: Deno.Conn,
     readonly target: string,
-    readonly screen: Screen,
+    readonly console: LineConsole,
   ) {}
 
   /** Send: one line to the server. */
@@ -307,7 +155,7 @@ class ChatSession {
 
   #printFrames(frames: Frame[]): void {
     for (const frame of frames) {
-      if (frame !== LINE_TOO_LONG) this.screen.print(paintChatLine(frame));
+      if (frame !== LINE_TOO_LONG) this.console.print(paintChatLine(frame));
     }
   }
 
@@ -315,10 +163,7 @@ class ChatSession {
   stop({ code, error }: Ending): void {
     if (this.#stopped) return;
     this.#stopped = true;
-    if (this.screen.editor) {
-      writeOut("\r\x1b[K");
-      Deno.stdin.setRaw(false);
-    }
+    this.console.restore();
     try {
       this.conn.close();
     } catch {
@@ -327,36 +172,6 @@ class ChatSession {
     if (error) console.error(paintError(error));
     Deno.exit(code);
   }
-}
-
-/** Sends each typed line; Ctrl-C or Ctrl-D leaves. */
-async function sendTyped(session: ChatSession, editor: LineEditor) {
-  const buffer = new Uint8Array(1024);
-  session.screen.redraw();
-  for (let count; (count = await Deno.stdin.read(buffer)) !== null;) {
-    for (const event of editor.feed(buffer.subarray(0, count))) {
-      if (event.kind !== "line") return session.leave();
-      session.screen.keepTyped(event.text);
-      await sendLine(session, event.text);
-    }
-    session.screen.redraw();
-  }
-  await session.leave();
-}
-
-/** Sends each piped line, then leaves once all are sent. */
-async function sendPiped(session: ChatSession) {
-  const buffer = new Uint8Array(16 * 1024);
-  const framer = new LineFramer(64 * 1024);
-  for (let count; (count = await Deno.stdin.read(buffer)) !== null;) {
-    for (const frame of framer.push(buffer.subarray(0, count))) {
-      if (frame !== LINE_TOO_LONG) await sendLine(session, frame);
-    }
-  }
-  for (const frame of framer.end()) {
-    if (frame !== LINE_TOO_LONG) await sendLine(session, frame);
-  }
-  await session.leave();
 }
 
 async function sendLine(session: ChatSession, line: string): Promise<void> {
@@ -412,24 +227,19 @@ async function main(): Promise<void> {
     Deno.exit(1);
   }
 
-  const typing = Deno.stdin.isTerminal() && Deno.stdout.isTerminal();
   const name = options.name ??
     (Deno.stdin.isTerminal() ? askName() : undefined);
-  const editor = typing ? new LineEditor() : undefined;
   const session = new ChatSession(
     conn,
     `${options.host}:${options.port}`,
-    new Screen(editor),
+    new LineConsole(),
   );
   Deno.addSignalListener("SIGINT", () => session.leave());
 
   if (name) await session.send(`/nick ${name}`).catch(() => {});
-  if (editor) {
-    Deno.stdin.setRaw(true);
-    sendTyped(session, editor);
-  } else {
-    sendPiped(session);
-  }
+  // Typing and receiving run at the same time: no turn-taking.
+  session.console.readLines((line) => sendLine(session, line))
+    .then(() => session.leave());
   session.stop(await session.receive());
 }
 

@@ -17,6 +17,7 @@ import {
   cleanText,
   clockTime,
   concatBytes,
+  connectionHints,
   encodeLine,
   errorLine,
   exitWithUsage,
@@ -24,6 +25,7 @@ import {
   isClosedByUs,
   isDisconnect,
   LINE_TOO_LONG,
+  LineConsole,
   LineFramer,
   MAX_LINE_BYTES,
   messageLine,
@@ -34,7 +36,6 @@ import {
   parseFlags,
   parsePort,
   privateLine,
-  reachableAddresses,
   UsageError,
   writeAll,
 } from "./shared.ts";
@@ -689,38 +690,25 @@ export function bannerLines(server: ChatServer): string[] {
     ? "iterative: one client at a time"
     : "concurrent: every client at once";
   const portFlag = port === DEFAULT_PORT ? "" : ` --port ${port}`;
-  const lines = [
+  return [
     `socklab chat server (${mode}) listening on ${hostname}:${port}`,
-    "Connect with:",
-  ];
-  for (const address of reachableAddresses(hostname)) {
-    lines.push(
-      `  deno run -A client.ts ${address}${portFlag}    or    nc ${address} ${port}`,
-    );
-  }
-  lines.push(
+    ...connectionHints(
+      hostname,
+      (address) =>
+        `deno run -A client.ts ${address}${portFlag}    or    nc ${address} ${port}`,
+    ),
     `Type here to chat as "${server.options.operatorName}"; /who, /kick NAME, /quit. Ctrl-C stops the server.`,
-  );
-  return lines;
+  ];
 }
 
-/** Feeds the lines typed at the console to the server until input ends. */
-async function readConsole(server: ChatServer): Promise<void> {
-  const buffer = new Uint8Array(4096);
-  const framer = new LineFramer();
-  try {
-    for (let count; (count = await Deno.stdin.read(buffer)) !== null;) {
-      for (const frame of framer.push(buffer.subarray(0, count))) {
-        if (frame !== LINE_TOO_LONG) server.operatorSays(frame);
-      }
-    }
-    for (const frame of framer.end()) {
-      if (frame !== LINE_TOO_LONG) server.operatorSays(frame);
-    }
-  } catch {
-    // No console at all (a service manager, for example): go on without.
-  }
-  console.log(`${clockTime()} console input ended; the server goes on`);
+/**
+ * Feeds the lines typed at the console to the server until input ends.
+ * Ctrl-C on a raw terminal arrives as a key: it stops the server.
+ */
+async function readConsole(terminal: LineConsole, server: ChatServer) {
+  const ending = await terminal.readLines((line) => server.operatorSays(line));
+  if (ending === "interrupt") return server.stop();
+  terminal.print(`${clockTime()} console input ended; the server goes on`);
 }
 
 /** Stops the server on Ctrl-C and on SIGTERM. */
@@ -745,9 +733,13 @@ async function main(): Promise<void> {
     console.log(USAGE);
     return;
   }
+  const terminal = new LineConsole();
   let server;
   try {
-    server = ChatServer.start(options);
+    server = ChatServer.start({
+      ...options,
+      print: (line) => terminal.print(line),
+    });
   } catch (error) {
     console.error(
       `Cannot listen on "${options.host}:${options.port}": ${
@@ -756,11 +748,12 @@ async function main(): Promise<void> {
     );
     Deno.exit(1);
   }
-  bannerLines(server).forEach((line) => console.log(line));
+  bannerLines(server).forEach((line) => terminal.print(line));
   stopOnSignals(server);
-  readConsole(server);
+  readConsole(terminal, server);
   await server.finished;
   await server.stop();
+  terminal.restore();
   Deno.exit(0);
 }
 

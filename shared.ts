@@ -330,6 +330,217 @@ export function paintDim(text: string): string {
 }
 
 // ---------------------------------------------------------------------------
+// The terminal: the line you type, kept apart from the lines that arrive
+// ---------------------------------------------------------------------------
+
+/** What a key press in the line editor amounts to. */
+export type EditorEvent =
+  | { kind: "line"; text: string }
+  | { kind: "interrupt" }
+  | { kind: "end" };
+
+// Keys that send escape sequences (arrows, Home, F1...): not supported,
+// so they are ignored rather than typed into the line.
+// deno-lint-ignore no-control-regex -- matching escape sequences is the point
+const KEY_SEQUENCE = /\x1b(?:\[[0-9;?]*[ -/]*[@-~]|O.|.)?/g;
+
+/**
+ * A small line editor for a terminal in raw mode. The terminal's own line
+ * editing cannot redraw what you were typing after a message is printed,
+ * so the program keeps the line itself: printable text, Backspace, Ctrl-U
+ * (clear), Ctrl-W (delete a word), Enter, Ctrl-C and Ctrl-D.
+ */
+export class LineEditor {
+  #text = "";
+  #decoder = new TextDecoder();
+
+  /** @param prompt shown before the line being typed */
+  constructor(readonly prompt = "> ") {}
+
+  /** The line typed so far. */
+  get text(): string {
+    return this.#text;
+  }
+
+  /**
+   * Takes the bytes of key presses.
+   * @returns the lines finished, and whether to interrupt or end
+   */
+  feed(bytes: Uint8Array): EditorEvent[] {
+    const typed = this.#decoder.decode(bytes, { stream: true })
+      .replace(KEY_SEQUENCE, "");
+    const events: EditorEvent[] = [];
+    for (const char of typed) {
+      const event = this.#press(char);
+      if (event) events.push(event);
+    }
+    return events;
+  }
+
+  #press(char: string): EditorEvent | undefined {
+    switch (char) {
+      case "\r":
+      case "\n": {
+        const text = this.#text;
+        this.#text = "";
+        return { kind: "line", text };
+      }
+      case "\x03":
+        return { kind: "interrupt" };
+      case "\x04":
+        return this.#text === "" ? { kind: "end" } : undefined;
+      case "\x7f":
+      case "\b":
+        this.#text = Array.from(this.#text).slice(0, -1).join("");
+        return undefined;
+      case "\x15":
+        this.#text = "";
+        return undefined;
+      case "\x17":
+        this.#text = this.#text.replace(/\S*\s*$/, "");
+        return undefined;
+      default:
+        if (char >= " " && char !== "\x7f") this.#text += char;
+        return undefined;
+    }
+  }
+
+  /**
+   * The prompt and the typed line, fitted into `columns` (the start of a
+   * long line is cut), ready to overwrite the current terminal row.
+   */
+  render(columns: number): string {
+    const room = Math.max(columns - this.prompt.length - 2, 8);
+    const chars = Array.from(this.#text);
+    let shown = "";
+    let width = 0;
+    for (let i = chars.length - 1; i >= 0; i--) {
+      width += charWidth(chars[i]);
+      if (width > room) {
+        shown = "…" + shown;
+        break;
+      }
+      shown = chars[i] + shown;
+    }
+    return `\r\x1b[K${paintDim(this.prompt)}${shown}`;
+  }
+}
+
+/** Columns a character takes: East Asian wide characters and emoji take 2. */
+function charWidth(char: string): number {
+  const code = char.codePointAt(0)!;
+  const wide = (code >= 0x1100 && code <= 0x115f) ||
+    (code >= 0x2e80 && code <= 0xa4cf) || (code >= 0xac00 && code <= 0xd7a3) ||
+    (code >= 0xf900 && code <= 0xfaff) || (code >= 0xfe30 && code <= 0xfe4f) ||
+    (code >= 0xff00 && code <= 0xff60) || (code >= 0xffe0 && code <= 0xffe6) ||
+    (code >= 0x1f300 && code <= 0x1faff) || (code >= 0x20000);
+  return wide ? 2 : 1;
+}
+
+function writeOut(text: string): void {
+  const bytes = encoder.encode(text);
+  for (let sent = 0; sent < bytes.length;) {
+    sent += Deno.stdout.writeSync(bytes.subarray(sent));
+  }
+}
+
+function terminalColumns(): number {
+  try {
+    return Deno.consoleSize().columns;
+  } catch {
+    return 80;
+  }
+}
+
+/**
+ * The program's console: lines printed while the user types. On a
+ * terminal, the line being typed stays at the bottom and printed lines go
+ * above it; on a pipe, lines are just read and printed.
+ */
+export class LineConsole {
+  /** The line editor, when both stdin and stdout are a terminal. */
+  readonly editor?: LineEditor;
+
+  constructor() {
+    if (Deno.stdin.isTerminal() && Deno.stdout.isTerminal()) {
+      this.editor = new LineEditor();
+    }
+  }
+
+  /** Prints one line above the line being typed. */
+  print(line: string): void {
+    if (!this.editor) return writeOut(line + "\n");
+    writeOut(`\r\x1b[K${line}\n${this.editor.render(terminalColumns())}`);
+  }
+
+  /**
+   * Reads lines typed or piped in, passing each to `onLine` in turn.
+   * @returns how input ended: `end` (Ctrl-D, the end of a pipe) or
+   * `interrupt` (Ctrl-C, which a raw terminal sends as a key)
+   */
+  async readLines(
+    onLine: (line: string) => void | Promise<void>,
+  ): Promise<"end" | "interrupt"> {
+    try {
+      return this.editor
+        ? await this.#readTyped(this.editor, onLine)
+        : await this.#readPiped(onLine);
+    } catch {
+      // No usable stdin at all (a service manager, for example).
+      return "end";
+    } finally {
+      this.restore();
+    }
+  }
+
+  async #readTyped(
+    editor: LineEditor,
+    onLine: (line: string) => void | Promise<void>,
+  ): Promise<"end" | "interrupt"> {
+    const buffer = new Uint8Array(1024);
+    Deno.stdin.setRaw(true);
+    writeOut(editor.render(terminalColumns()));
+    for (let count; (count = await Deno.stdin.read(buffer)) !== null;) {
+      for (const event of editor.feed(buffer.subarray(0, count))) {
+        if (event.kind !== "line") return event.kind;
+        // Leave the line on the screen as it was sent.
+        writeOut(`\r\x1b[K${paintDim(editor.prompt)}${event.text}\n`);
+        await onLine(event.text);
+      }
+      writeOut(editor.render(terminalColumns()));
+    }
+    return "end";
+  }
+
+  async #readPiped(
+    onLine: (line: string) => void | Promise<void>,
+  ): Promise<"end"> {
+    const buffer = new Uint8Array(16 * 1024);
+    const framer = new LineFramer(64 * 1024);
+    for (let count; (count = await Deno.stdin.read(buffer)) !== null;) {
+      for (const frame of framer.push(buffer.subarray(0, count))) {
+        if (frame !== LINE_TOO_LONG) await onLine(frame);
+      }
+    }
+    for (const frame of framer.end()) {
+      if (frame !== LINE_TOO_LONG) await onLine(frame);
+    }
+    return "end";
+  }
+
+  /** Gives the terminal back as it was: no prompt, raw mode off. */
+  restore(): void {
+    if (!this.editor) return;
+    writeOut("\r\x1b[K");
+    try {
+      Deno.stdin.setRaw(false);
+    } catch {
+      // stdin is already closed.
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Flags and errors
 // ---------------------------------------------------------------------------
 
@@ -464,13 +675,22 @@ export function lanAddresses(): string[] {
 }
 
 /**
- * The addresses to show in a startup banner for a server bound to `host`:
- * the LAN addresses when it listens on all interfaces, else just `host`.
+ * The lines of a startup banner that tell how to reach a server bound to
+ * `host`: from another PC of the LAN (when it listens on every
+ * interface), and from this PC.
+ * @param commandsFor the commands that reach one address
  */
-export function reachableAddresses(host: string): string[] {
-  const everywhere = host === "0.0.0.0" || host === "::" || host === "[::]";
-  if (!everywhere) return [host];
-  return [...lanAddresses(), "127.0.0.1"];
+export function connectionHints(
+  host: string,
+  commandsFor: (address: string) => string,
+): string[] {
+  const everywhere = host === "0.0.0.0" || host === "::";
+  if (!everywhere) return ["Connect with:", `  ${commandsFor(host)}`];
+  const lan = lanAddresses();
+  const lines = lan.length > 0
+    ? ["From another PC on this LAN:", ...lan.map((a) => `  ${commandsFor(a)}`)]
+    : ["This PC has no LAN address: only programs on it can connect."];
+  return [...lines, "From this PC:", `  ${commandsFor("127.0.0.1")}`];
 }
 
 /** A clock time for log lines, like `14:03:27`. */

@@ -8,6 +8,7 @@ import {
   cleanText,
   type Frame,
   LINE_TOO_LONG,
+  LineEditor,
   LineFramer,
   nameKey,
   nameProblem,
@@ -16,7 +17,7 @@ import {
   parsePort,
   UsageError,
 } from "../shared.ts";
-import { LineEditor, parseClientArgs } from "../client.ts";
+import { parseClientArgs } from "../client.ts";
 import { parseServerArgs } from "../server.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
