@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run --allow-net
+#!/usr/bin/env -S deno run --allow-net --allow-sys=networkInterfaces
 /**
  * socklab TCP chat server: a group chat that relays every line to everyone
  * else. By default it serves every client at once (the concurrent server);

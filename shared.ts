@@ -439,8 +439,13 @@ function charWidth(char: string): number {
 
 function writeOut(text: string): void {
   const bytes = encoder.encode(text);
-  for (let sent = 0; sent < bytes.length;) {
-    sent += Deno.stdout.writeSync(bytes.subarray(sent));
+  try {
+    for (let sent = 0; sent < bytes.length;) {
+      sent += Deno.stdout.writeSync(bytes.subarray(sent));
+    }
+  } catch {
+    // Nobody reads our output any more (a closed pipe): the program goes
+    // on, as it does when its input ends.
   }
 }
 
@@ -661,17 +666,19 @@ export function isClosedByUs(error: unknown): boolean {
 
 /**
  * The IPv4 addresses of this machine that others on the LAN can reach
- * (loopback aside). Empty when interfaces cannot be listed.
+ * (loopback aside), or `undefined` when the program may not list them
+ * (it needs `--allow-sys=networkInterfaces`; it does not ask, so that a
+ * server never stops at a permission prompt).
  */
-export function lanAddresses(): string[] {
-  try {
-    const addresses = Deno.networkInterfaces()
-      .filter((nic) => nic.family === "IPv4" && !nic.address.startsWith("127."))
-      .map((nic) => nic.address);
-    return [...new Set(addresses)];
-  } catch {
-    return [];
+export function lanAddresses(): string[] | undefined {
+  const permission = { name: "sys", kind: "networkInterfaces" } as const;
+  if (Deno.permissions.querySync(permission).state !== "granted") {
+    return undefined;
   }
+  const addresses = Deno.networkInterfaces()
+    .filter((nic) => nic.family === "IPv4" && !nic.address.startsWith("127."))
+    .map((nic) => nic.address);
+  return [...new Set(addresses)];
 }
 
 /**
@@ -687,9 +694,16 @@ export function connectionHints(
   const everywhere = host === "0.0.0.0" || host === "::";
   if (!everywhere) return ["Connect with:", `  ${commandsFor(host)}`];
   const lan = lanAddresses();
-  const lines = lan.length > 0
-    ? ["From another PC on this LAN:", ...lan.map((a) => `  ${commandsFor(a)}`)]
-    : ["This PC has no LAN address: only programs on it can connect."];
+  const lines = lan === undefined
+    ? [
+      "(Run with --allow-sys=networkInterfaces to list this PC's LAN addresses.)",
+    ]
+    : lan.length === 0
+    ? ["This PC has no LAN address: only programs on it can connect."]
+    : [
+      "From another PC on this LAN:",
+      ...lan.map((a) => `  ${commandsFor(a)}`),
+    ];
   return [...lines, "From this PC:", `  ${commandsFor("127.0.0.1")}`];
 }
 
