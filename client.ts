@@ -12,9 +12,9 @@
  */
 
 import {
+  argsOrExit,
   chooseColors,
   encodeLine,
-  exitWithUsage,
   type Frame,
   isClosedByUs,
   LINE_TOO_LONG,
@@ -23,6 +23,7 @@ import {
   nameProblem,
   networkReason,
   paintChatLine,
+  paintDim,
   paintError,
   parseFlags,
   parsePort,
@@ -32,6 +33,9 @@ import {
 
 /** The port the lab uses. */
 export const DEFAULT_PORT = 9999;
+
+/** How long a silent server is waited for before telling why it may be. */
+const NO_WELCOME_HINT_MS = 1500;
 
 /** How long to wait for the server to close after we asked to leave. */
 const LEAVE_TIMEOUT_MS = 3000;
@@ -134,8 +138,10 @@ class ChatSession {
   async receive(): Promise<Ending> {
     const buffer = new Uint8Array(16 * 1024);
     const framer = new LineFramer(64 * 1024);
+    const hint = this.#hintIfNoWelcome();
     try {
       for (let count; (count = await this.conn.read(buffer)) !== null;) {
+        clearTimeout(hint);
         this.#printFrames(framer.push(buffer.subarray(0, count)));
       }
       this.#printFrames(framer.end());
@@ -151,6 +157,21 @@ class ChatSession {
       code: 1,
       error: `The server "${this.target}" closed the connection`,
     };
+  }
+
+  /**
+   * A connection an iterative server has not accepted yet is silent: after
+   * a moment, tell a person at a terminal why.
+   */
+  #hintIfNoWelcome(): ReturnType<typeof setTimeout> | undefined {
+    if (!Deno.stdout.isTerminal()) return undefined;
+    return setTimeout(() => {
+      this.console.print(paintDim(
+        `Connected to "${this.target}", no welcome yet: the server may be ` +
+          "serving someone else (an iterative server takes one client at a " +
+          "time). What you type is kept until your turn.",
+      ));
+    }, NO_WELCOME_HINT_MS);
   }
 
   #printFrames(frames: Frame[]): void {
@@ -206,17 +227,7 @@ export async function connect(host: string, port: number): Promise<Deno.Conn> {
 }
 
 async function main(): Promise<void> {
-  let options;
-  try {
-    options = parseClientArgs(Deno.args);
-  } catch (error) {
-    if (error instanceof UsageError) exitWithUsage(error.message, USAGE);
-    throw error;
-  }
-  if (options.help) {
-    console.log(USAGE);
-    return;
-  }
+  const options = argsOrExit(parseClientArgs, USAGE);
   chooseColors();
 
   let conn;

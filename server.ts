@@ -14,13 +14,13 @@
  */
 
 import {
+  argsOrExit,
   cleanText,
   clockTime,
   concatBytes,
   connectionHints,
   encodeLine,
   errorLine,
-  exitWithUsage,
   type Frame,
   isClosedByUs,
   isDisconnect,
@@ -722,17 +722,7 @@ function stopOnSignals(server: ChatServer): void {
 }
 
 async function main(): Promise<void> {
-  let options;
-  try {
-    options = parseServerArgs(Deno.args);
-  } catch (error) {
-    if (error instanceof UsageError) exitWithUsage(error.message, USAGE);
-    throw error;
-  }
-  if (options.help) {
-    console.log(USAGE);
-    return;
-  }
+  const options = argsOrExit(parseServerArgs, USAGE);
   const terminal = new LineConsole();
   let server;
   try {

@@ -615,6 +615,28 @@ export function exitWithUsage(message: string, usage: string): never {
 }
 
 /**
+ * Reads a script's arguments with its parser. A misuse prints one line
+ * and the usage, and exits 2; `--help` prints the usage and exits 0.
+ */
+export function argsOrExit<Options extends { help: boolean }>(
+  parse: (args: string[]) => Options,
+  usage: string,
+): Options {
+  let options: Options;
+  try {
+    options = parse(Deno.args);
+  } catch (error) {
+    if (error instanceof UsageError) exitWithUsage(error.message, usage);
+    throw error;
+  }
+  if (options.help) {
+    console.log(usage);
+    Deno.exit(0);
+  }
+  return options;
+}
+
+/**
  * Says in words why a network operation failed: the errors a user can
  * meet (refused, reset, unknown host, address in use) get a plain reason.
  */

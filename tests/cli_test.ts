@@ -16,6 +16,19 @@ import {
 
 const LOCAL = ["--host", "127.0.0.1", "--port", "0"];
 
+/** Runs client.ts against 127.0.0.1:port, with input piped from the test. */
+function spawnClient(port: number, name?: string): Spawned {
+  const nameFlags = name ? ["--name", name] : [];
+  return Spawned.script("client.ts", [
+    "127.0.0.1",
+    "--port",
+    String(port),
+    ...nameFlags,
+  ], {
+    stdin: "piped",
+  });
+}
+
 Deno.test("server.ts and client.ts print their usage with --help and exit 0", async () => {
   for (const script of ["server.ts", "client.ts"]) {
     await using run = Spawned.script(script, ["--help"]);
@@ -186,15 +199,7 @@ Deno.test("server.ts goes on without a console when stdin is empty or ends", asy
 Deno.test("server announces a client whose process is killed", async () => {
   await using room = startServer();
   await using amey = await TestClient.join(room.port, "amey");
-  await using client = Spawned.script("client.ts", [
-    "127.0.0.1",
-    "--port",
-    String(room.port),
-    "--name",
-    "doomed",
-  ], {
-    stdin: "piped",
-  });
+  await using client = spawnClient(room.port, "doomed");
   await amey.lines.waitFor(/known as doomed/);
   client.kill("SIGKILL");
   assertEquals((await client.status()).signal, "SIGKILL");
@@ -226,15 +231,7 @@ s.close()
 Deno.test("client.ts sends piped lines, shows what arrives, and leaves cleanly at the end", async () => {
   await using room = startServer();
   await using amey = await TestClient.join(room.port, "amey");
-  await using bot = Spawned.script("client.ts", [
-    "127.0.0.1",
-    "--port",
-    String(room.port),
-    "--name",
-    "bot",
-  ], {
-    stdin: "piped",
-  });
+  await using bot = spawnClient(room.port, "bot");
   await amey.lines.waitFor(/known as bot/);
   // Lines arrive while the client has typed nothing: no turn-taking.
   await amey.send("hello bot");
@@ -255,11 +252,7 @@ Deno.test("client.ts sends piped lines, shows what arrives, and leaves cleanly a
 Deno.test("client.ts with no --name and piped input stays a guest", async () => {
   await using room = startServer();
   await using amey = await TestClient.join(room.port, "amey");
-  await using guest = Spawned.script("client.ts", [
-    "127.0.0.1",
-    "--port",
-    String(room.port),
-  ], { stdin: "piped" });
+  await using guest = spawnClient(room.port);
   await guest.type("just passing");
   await guest.endInput();
   assertMatch(await amey.lines.waitFor(/^</), /^<guest-\d+> just passing$/);
@@ -291,15 +284,7 @@ Deno.test("client.ts explains a failed connection in one line and exits 1", asyn
 Deno.test("client.ts says so and exits 1 when the server closes the connection", async (t) => {
   await t.step("kicked", async () => {
     await using room = startServer();
-    await using client = Spawned.script("client.ts", [
-      "127.0.0.1",
-      "--port",
-      String(room.port),
-      "--name",
-      "kim",
-    ], {
-      stdin: "piped",
-    });
+    await using client = spawnClient(room.port, "kim");
     await room.console.waitFor(/known as kim/);
     room.server.operatorSays("/kick kim");
     assertEquals((await client.status()).code, 1);
@@ -310,15 +295,7 @@ Deno.test("client.ts says so and exits 1 when the server closes the connection",
   });
   await t.step("server shut down", async () => {
     const room = startServer();
-    await using client = Spawned.script("client.ts", [
-      "127.0.0.1",
-      "--port",
-      String(room.port),
-      "--name",
-      "kim",
-    ], {
-      stdin: "piped",
-    });
+    await using client = spawnClient(room.port, "kim");
     await room.console.waitFor(/known as kim/);
     await room.server.stop();
     assertEquals((await client.status()).code, 1);
