@@ -13,6 +13,7 @@
 
 import {
   argsOrExit,
+  askName,
   chooseColors,
   encodeLine,
   type Frame,
@@ -199,17 +200,6 @@ async function sendLine(session: ChatSession, line: string): Promise<void> {
   if (line.trim().toLowerCase() === "/quit") return session.leave();
   // A send can fail when the server has gone: the receive loop reports it.
   await session.send(line).catch(() => {});
-}
-
-/** Asks for a name on the terminal until it is a valid one, or empty. */
-function askName(): string | undefined {
-  while (true) {
-    const answer = prompt("Your name (Enter for a guest name):")?.trim();
-    if (!answer) return undefined;
-    const problem = nameProblem(answer);
-    if (!problem) return answer;
-    console.log(paintError(problem));
-  }
 }
 
 /**

@@ -15,7 +15,6 @@
 
 import {
   argsOrExit,
-  cleanText,
   clockTime,
   concatBytes,
   connectionHints,
@@ -33,9 +32,11 @@ import {
   nameProblem,
   networkReason,
   noticeLine,
+  parseChatInput,
   parseFlags,
   parsePort,
   privateLine,
+  splitFirstWord,
   UsageError,
   writeAll,
 } from "./shared.ts";
@@ -393,15 +394,12 @@ export class ChatServer {
   // The protocol: messages and commands
   // -------------------------------------------------------------------------
 
-  #handleLine(client: Client, rawLine: string): void {
-    const line = cleanText(rawLine).trimEnd();
-    if (line.trim() === "") return;
-    if (line.startsWith("//")) return this.#relay(client, line.slice(1));
-    if (!line.startsWith("/")) return this.#relay(client, line);
-
-    const [command, ...words] = line.split(" ");
-    const rest = words.join(" ").trim();
-    switch (command.toLowerCase()) {
+  #handleLine(client: Client, line: string): void {
+    const input = parseChatInput(line);
+    if (input.kind === "empty") return;
+    if (input.kind === "message") return this.#relay(client, input.text);
+    const { command, rest } = input;
+    switch (command) {
       case "/nick":
         return this.#rename(client, rest);
       case "/who":
@@ -469,9 +467,7 @@ export class ChatServer {
   }
 
   #sendPrivate(client: Client, rest: string): void {
-    const space = rest.indexOf(" ");
-    const name = space < 0 ? rest : rest.slice(0, space);
-    const text = space < 0 ? "" : rest.slice(space + 1).trim();
+    const [name, text] = splitFirstWord(rest);
     if (name === "" || text === "") {
       return this.#sendTo(client, errorLine("usage: /msg NAME TEXT"));
     }
@@ -524,15 +520,12 @@ export class ChatServer {
   // -------------------------------------------------------------------------
 
   /** Handles one line typed at the server's console. */
-  operatorSays(rawLine: string): void {
-    const line = cleanText(rawLine).trim();
-    if (line === "") return;
-    if (line.startsWith("//")) return this.#operatorMessage(line.slice(1));
-    if (!line.startsWith("/")) return this.#operatorMessage(line);
-
-    const [command, ...words] = line.split(" ");
-    const rest = words.join(" ").trim();
-    switch (command.toLowerCase()) {
+  operatorSays(line: string): void {
+    const input = parseChatInput(line);
+    if (input.kind === "empty") return;
+    if (input.kind === "message") return this.#operatorMessage(input.text);
+    const { command, rest } = input;
+    switch (command) {
       case "/who":
         return this.#print(this.#whoLine());
       case "/kick":

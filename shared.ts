@@ -191,6 +191,35 @@ export function privateLine(name: string, text: string): string {
   return `[private] ${messageLine(name, text)}`;
 }
 
+/** What a line typed into a chat is: a message, or a command. */
+export type ChatInput =
+  | { kind: "empty" }
+  | { kind: "message"; text: string }
+  | { kind: "command"; command: string; rest: string };
+
+/**
+ * Reads a line typed into a chat (after cleaning it): `/cmd rest` is a
+ * command (its name in lower case), `//text` is the message `/text`, any
+ * other line is a message, and a blank line is nothing.
+ */
+export function parseChatInput(rawLine: string): ChatInput {
+  const line = cleanText(rawLine).trimEnd();
+  if (line.trim() === "") return { kind: "empty" };
+  if (line.startsWith("//")) return { kind: "message", text: line.slice(1) };
+  if (!line.startsWith("/")) return { kind: "message", text: line };
+  const space = line.indexOf(" ");
+  const command = (space < 0 ? line : line.slice(0, space)).toLowerCase();
+  const rest = space < 0 ? "" : line.slice(space + 1).trim();
+  return { kind: "command", command, rest };
+}
+
+/** Splits `NAME TEXT` (as /msg takes it) into the name and the text. */
+export function splitFirstWord(text: string): [string, string] {
+  const space = text.indexOf(" ");
+  if (space < 0) return [text, ""];
+  return [text.slice(0, space), text.slice(space + 1).trim()];
+}
+
 /** What a received chat line is, for printing it. */
 export type ChatLine =
   | { kind: "message"; name: string; text: string }
@@ -466,9 +495,10 @@ export class LineConsole {
   /** The line editor, when both stdin and stdout are a terminal. */
   readonly editor?: LineEditor;
 
-  constructor() {
+  /** @param prompt shown before the line being typed, on a terminal */
+  constructor(prompt = "> ") {
     if (Deno.stdin.isTerminal() && Deno.stdout.isTerminal()) {
-      this.editor = new LineEditor();
+      this.editor = new LineEditor(prompt);
     }
   }
 
@@ -634,6 +664,71 @@ export function argsOrExit<Options extends { help: boolean }>(
     Deno.exit(0);
   }
   return options;
+}
+
+/**
+ * Reads a flag that takes one of a few words.
+ * @throws {UsageError} for any other value
+ */
+export function parseChoice<Choice extends string>(
+  flag: string,
+  value: unknown,
+  choices: readonly Choice[],
+): Choice {
+  const text = String(value);
+  if ((choices as readonly string[]).includes(text)) return text as Choice;
+  throw new UsageError(
+    `Invalid --${flag} "${text}": use one of ${choices.join(", ")}`,
+  );
+}
+
+/**
+ * Reads a flag that takes a number from `min` to `max`.
+ * @throws {UsageError} for anything else
+ */
+export function parseNumberFlag(
+  flag: string,
+  value: unknown,
+  { min, max, whole = false }: { min: number; max: number; whole?: boolean },
+): number {
+  const text = String(value);
+  const number = Number(text);
+  const pattern = whole ? /^\d+$/ : /^\d+(\.\d+)?$|^\.\d+$/;
+  if (!pattern.test(text) || number < min || number > max) {
+    const kind = whole ? "a whole number" : "a number";
+    throw new UsageError(
+      `Invalid --${flag} "${text}": use ${kind} from ${min} to ${max}`,
+    );
+  }
+  return number;
+}
+
+/**
+ * Asks for a chat name on the terminal until it is a valid one.
+ * @returns the name, or `undefined` for an empty answer (a guest name)
+ */
+export function askName(): string | undefined {
+  while (true) {
+    const answer = prompt("Your name (Enter for a guest name):")?.trim();
+    if (!answer) return undefined;
+    const problem = nameProblem(answer);
+    if (!problem) return answer;
+    console.log(paintError(problem));
+  }
+}
+
+/**
+ * Stops the program with a clear message when Deno's UDP API is missing:
+ * it is still unstable, so it needs `--unstable-net` (this folder's
+ * deno.json turns it on for scripts run from here).
+ */
+export function requireUdp(): void {
+  if (typeof Deno.listenDatagram === "function") return;
+  console.error(
+    "UDP needs Deno's unstable net API: run with --unstable-net, for " +
+      "example: deno run -A --unstable-net udp_server.ts",
+  );
+  Deno.exit(1);
 }
 
 /**
