@@ -32,6 +32,7 @@ import {
   nameProblem,
   networkReason,
   noticeLine,
+  onStopSignals,
   parseChatInput,
   parseFlags,
   parsePort,
@@ -704,16 +705,6 @@ async function readConsole(terminal: LineConsole, server: ChatServer) {
   terminal.print(`${clockTime()} console input ended; the server goes on`);
 }
 
-/** Stops the server on Ctrl-C and on SIGTERM. */
-function stopOnSignals(server: ChatServer): void {
-  const signals: Deno.Signal[] = Deno.build.os === "windows"
-    ? ["SIGINT", "SIGBREAK"]
-    : ["SIGINT", "SIGTERM"];
-  for (const signal of signals) {
-    Deno.addSignalListener(signal, () => server.stop());
-  }
-}
-
 async function main(): Promise<void> {
   const options = argsOrExit(parseServerArgs, USAGE);
   const terminal = new LineConsole();
@@ -732,7 +723,7 @@ async function main(): Promise<void> {
     Deno.exit(1);
   }
   bannerLines(server).forEach((line) => terminal.print(line));
-  stopOnSignals(server);
+  onStopSignals(() => server.stop());
   readConsole(terminal, server);
   await server.finished;
   await server.stop();

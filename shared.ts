@@ -731,6 +731,14 @@ export function requireUdp(): void {
   Deno.exit(1);
 }
 
+/** Calls `stop` on Ctrl-C, and on SIGTERM (SIGBREAK on Windows). */
+export function onStopSignals(stop: () => void): void {
+  const signals: Deno.Signal[] = Deno.build.os === "windows"
+    ? ["SIGINT", "SIGBREAK"]
+    : ["SIGINT", "SIGTERM"];
+  for (const signal of signals) Deno.addSignalListener(signal, stop);
+}
+
 /**
  * Says in words why a network operation failed: the errors a user can
  * meet (refused, reset, unknown host, address in use) get a plain reason.
