@@ -509,6 +509,15 @@ export class LineConsole {
   }
 
   /**
+   * Prints a secondary line (a retry, a late reply): dimmed, above the
+   * prompt on a terminal; to stderr otherwise, apart from the output.
+   */
+  note(text: string): void {
+    if (this.editor) return this.print(paintDim(text));
+    console.error(text);
+  }
+
+  /**
    * Reads lines typed or piped in, passing each to `onLine` in turn.
    * @returns how input ended: `end` (Ctrl-D, the end of a pipe) or
    * `interrupt` (Ctrl-C, which a raw terminal sends as a key)

@@ -306,7 +306,7 @@ export class UdpServer {
       case "/leave":
         if (!peer) return this.#reply(from, errorLine("you have not joined"));
         this.#reply(from, noticeLine("bye"));
-        return this.#leave(peer, "left");
+        return this.#leave(peer, "leave");
       case "/who":
         return this.#reply(from, this.#whoLine());
       case "/ping":
@@ -383,10 +383,10 @@ export class UdpServer {
     );
   }
 
-  #leave(peer: Peer, reason: "left" | "timed out"): void {
+  #leave(peer: Peer, reason: "leave" | "timed out"): void {
     this.#peers.delete(addressKey(peer.address));
     this.#log(`${peer.name} left (${reason})`);
-    const why = reason === "left" ? "" : ` (${reason})`;
+    const why = reason === "leave" ? "" : ` (${reason})`;
     this.#broadcast(noticeLine(`${peer.name} left${why}`));
   }
 

@@ -8,6 +8,7 @@
 
 import { encodeLine, LINE_TOO_LONG, LineFramer } from "../shared.ts";
 import { ChatServer, type ServerOptions } from "../server.ts";
+import { UdpServer, type UdpServerOptions } from "../udp_server.ts";
 
 /** How long a test waits for a line before it fails. */
 export const WAIT_MS = 10_000;
@@ -342,6 +343,90 @@ export function startServer(options: Partial<ServerOptions> = {}) {
   return {
     server,
     console,
+    port: server.addr.port,
+    [Symbol.asyncDispose]: () => server.stop(),
+  };
+}
+
+/**
+ * A UDP socket on 127.0.0.1, like `nc -u`: datagrams out, and each
+ * datagram in as one entry of `datagrams` (its final "\n" removed).
+ */
+export class UdpPeer {
+  readonly datagrams = new LineQueue();
+  readonly socket: Deno.DatagramConn;
+  readonly #loop: Promise<void>;
+
+  constructor(readonly serverPort: number) {
+    this.socket = Deno.listenDatagram({
+      hostname: "127.0.0.1",
+      port: 0,
+      transport: "udp",
+    });
+    this.#loop = this.#receive();
+  }
+
+  /** This peer's port, as the server sees it. */
+  get port(): number {
+    return (this.socket.addr as Deno.NetAddr).port;
+  }
+
+  /** Sends one datagram: text (as it is) or bytes. */
+  async send(message: string | Uint8Array): Promise<void> {
+    const bytes = typeof message === "string"
+      ? new TextEncoder().encode(message)
+      : message;
+    await this.socket.send(bytes, {
+      transport: "udp",
+      hostname: "127.0.0.1",
+      port: this.serverPort,
+    });
+  }
+
+  /** Sends a datagram and takes the next datagram that comes. */
+  async ask(message: string | Uint8Array): Promise<string> {
+    await this.send(message);
+    return await this.datagrams.next();
+  }
+
+  async #receive(): Promise<void> {
+    const decoder = new TextDecoder();
+    try {
+      while (true) {
+        const [data] = await this.socket.receive();
+        this.datagrams.push(decoder.decode(data).replace(/\n$/, ""));
+      }
+    } catch {
+      // Closed.
+    }
+    this.datagrams.end();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    try {
+      this.socket.close();
+    } catch {
+      // Already closed.
+    }
+    await this.#loop;
+  }
+}
+
+/**
+ * Starts an in-process UDP server on a free port of 127.0.0.1; its log
+ * lines go to `log`. `await using` stops it.
+ */
+export function startUdpServer(options: Partial<UdpServerOptions> = {}) {
+  const log = new LineQueue();
+  const server = UdpServer.start({
+    host: "127.0.0.1",
+    port: 0,
+    print: (line) => log.push(line),
+    ...options,
+  });
+  return {
+    server,
+    log,
     port: server.addr.port,
     [Symbol.asyncDispose]: () => server.stop(),
   };

@@ -1,0 +1,271 @@
+/**
+ * udp_server.ts driven in-process over real UDP sockets on 127.0.0.1.
+ * @module
+ */
+
+import {
+  assert,
+  assertEquals,
+  assertMatch,
+  assertNotEquals,
+} from "@std/assert";
+import { MONTH_ERROR, MONTH_INTRO, MONTHS } from "../udp_server.ts";
+import { startUdpServer, UdpPeer, WAIT_MS } from "./helpers.ts";
+
+Deno.test("month service answers 1 to 12 with their names and 0 with bye", async () => {
+  await using service = startUdpServer({ service: "month" });
+  await using peer = new UdpPeer(service.port);
+  for (let month = 1; month <= 12; month++) {
+    assertEquals(
+      await peer.ask(`${month}\n`),
+      `${month}: ${MONTHS[month - 1]}`,
+    );
+  }
+  assertEquals(await peer.ask("0"), "bye");
+  assertEquals(await peer.ask("007"), "7: July");
+});
+
+Deno.test("month service answers anything else with an error, and a first greeting with an intro", async (t) => {
+  await using service = startUdpServer({ service: "month" });
+  await using greeter = new UdpPeer(service.port);
+  assertEquals(
+    await greeter.ask("Hello, I just want to use your service"),
+    MONTH_INTRO,
+  );
+  assertEquals(await greeter.ask("abc"), MONTH_ERROR, "the intro comes once");
+
+  await using peer = new UdpPeer(service.port);
+  for (const bad of ["13", "-1", "2.5", "", " ", "1e1", "9".repeat(400)]) {
+    await t.step(`"${bad.slice(0, 12)}"`, async () => {
+      assertEquals(await peer.ask(bad), MONTH_ERROR);
+    });
+  }
+  assertEquals(await peer.ask("3"), "3: March", "still answering");
+});
+
+Deno.test("every service answers a datagram that is not UTF-8 or too long with an error", async () => {
+  for (const service of ["month", "echo", "chat"] as const) {
+    await using server = startUdpServer({ service, maxDatagram: 100 });
+    await using peer = new UdpPeer(server.port);
+    assertEquals(
+      await peer.ask(new Uint8Array([0x33, 0xff, 0xfe])),
+      "! datagram is not valid UTF-8 text",
+      service,
+    );
+    assertEquals(
+      await peer.ask("x".repeat(101)),
+      "! datagram too long: 100 bytes at most",
+      service,
+    );
+    assertNotEquals(
+      await peer.ask("x".repeat(100)),
+      "! datagram too long: 100 bytes at most",
+    );
+  }
+});
+
+Deno.test("echo service sends every datagram back unchanged", async () => {
+  await using service = startUdpServer({ service: "echo" });
+  await using peer = new UdpPeer(service.port);
+  for (
+    const text of [
+      "hello",
+      "two\nlines",
+      "tab\there",
+      "नमस्ते 你好 👋",
+      "x".repeat(1200),
+    ]
+  ) {
+    assertEquals(await peer.ask(text), text);
+  }
+});
+
+Deno.test("chat relays each datagram to every other peer as <NAME> text", async () => {
+  await using chat = startUdpServer();
+  await using amey = new UdpPeer(chat.port);
+  await using karan = new UdpPeer(chat.port);
+
+  assertMatch(
+    await amey.ask("/join amey"),
+    /^\* welcome to socklab UDP chat, amey/,
+  );
+  assertEquals(await amey.datagrams.next(), "* online: amey");
+  assertMatch(await karan.ask("/join Karan"), /^\* welcome/);
+  assertEquals(await karan.datagrams.next(), "* online: amey, Karan");
+  assertEquals(await amey.datagrams.next(), "* Karan joined");
+
+  await amey.send("hello Karan\n");
+  assertEquals(await karan.datagrams.next(), "<amey> hello Karan");
+  // The sender gets no copy: the next datagram it gets answers its /ping.
+  assertEquals(await amey.ask("/ping"), "* pong");
+  assertEquals(await amey.ask("/who"), "* online (2): amey, Karan");
+  assertEquals(
+    await amey.ask("/join again"),
+    "! you already joined as amey (/nick NAME changes it)",
+  );
+});
+
+Deno.test("chat joins a peer that sends text without /join as HOST:PORT, so nc -u works", async () => {
+  await using chat = startUdpServer();
+  await using amey = new UdpPeer(chat.port);
+  await amey.ask("/join amey");
+  await amey.datagrams.next();
+  await using stranger = new UdpPeer(chat.port);
+  const name = `127.0.0.1:${stranger.port}`;
+
+  await stranger.send("hi all\n");
+  assertMatch(
+    await stranger.datagrams.next(),
+    new RegExp(`^\\* welcome to socklab UDP chat, ${name}`),
+  );
+  assertEquals(await stranger.datagrams.next(), `* online: amey, ${name}`);
+  assertEquals(
+    await stranger.datagrams.next(),
+    `* you are ${name}: pick a name with /nick NAME`,
+  );
+  assertEquals(await amey.datagrams.next(), `* ${name} joined`);
+  assertEquals(await amey.datagrams.next(), `<${name}> hi all`);
+  await stranger.send("/nick lina");
+  assertEquals(await amey.datagrams.next(), `* ${name} is now known as lina`);
+});
+
+Deno.test("chat names follow the TCP chat's rules", async () => {
+  await using chat = startUdpServer();
+  await using amey = new UdpPeer(chat.port);
+  await using other = new UdpPeer(chat.port);
+  await amey.ask("/join AMEY");
+  await amey.datagrams.next();
+
+  assertEquals(await other.ask("/join amey"), '! name "amey" is taken');
+  assertEquals(
+    await other.ask("/join bad name"),
+    '! name "bad name" is not valid: use letters, digits, "-", "_" or "."',
+  );
+  assertEquals(
+    await other.ask("/join " + "n".repeat(25)),
+    `! name "${"n".repeat(24)}..." is too long (24 characters at most)`,
+  );
+  assertEquals(await other.ask("/join"), "! usage: /join NAME");
+  assertEquals(
+    await other.ask("/frobnicate"),
+    '! unknown command "/frobnicate": /help lists the commands',
+  );
+  assertEquals(await other.ask("/leave"), "! you have not joined");
+  assertEquals(await other.ask("/help"), "* commands:");
+});
+
+Deno.test("chat /leave says bye and tells the others", async () => {
+  await using chat = startUdpServer();
+  await using amey = new UdpPeer(chat.port);
+  await using karan = new UdpPeer(chat.port);
+  await amey.ask("/join amey");
+  await amey.datagrams.next();
+  await karan.ask("/join karan");
+  await karan.datagrams.next();
+  await amey.datagrams.next(); // * karan joined
+
+  assertEquals(await karan.ask("/leave"), "* bye");
+  assertEquals(await amey.datagrams.next(), "* karan left");
+  assertEquals(await amey.ask("/who"), "* online (1): amey");
+  await chat.log.waitFor(/karan left \(leave\)$/);
+});
+
+Deno.test("chat drops a peer silent for longer than the peer timeout", async () => {
+  await using chat = startUdpServer({ peerTimeoutMs: 300 });
+  await using silent = new UdpPeer(chat.port);
+  await using talker = new UdpPeer(chat.port);
+  await silent.ask("/join silent");
+  await talker.ask("/join talker");
+  await talker.datagrams.next(); // * online: ...
+
+  // The talker keeps itself alive with /ping until the notice comes.
+  let notice;
+  for (
+    const deadline = Date.now() + WAIT_MS;
+    !notice && Date.now() < deadline;
+  ) {
+    const reply = await talker.ask("/ping");
+    if (reply !== "* pong") notice = reply;
+  }
+  assertEquals(notice, "* silent left (timed out)");
+  assertEquals(
+    await talker.datagrams.next(),
+    "* pong",
+    "the last ping's answer",
+  );
+  assertEquals(await talker.ask("/who"), "* online (1): talker");
+});
+
+Deno.test("chat goes on after a send to a peer that has gone (ICMP port unreachable)", async () => {
+  await using chat = startUdpServer();
+  await using amey = new UdpPeer(chat.port);
+  await amey.ask("/join amey");
+  await amey.datagrams.next();
+  const gone = new UdpPeer(chat.port);
+  await gone.ask("/join gone");
+  await amey.datagrams.next(); // * gone joined
+  await gone[Symbol.asyncDispose]();
+
+  for (let i = 0; i < 3; i++) await amey.send(`anyone there? ${i}`);
+  assertEquals(await amey.ask("/ping"), "* pong");
+  await using late = new UdpPeer(chat.port);
+  assertMatch(await late.ask("/join late"), /^\* welcome/);
+});
+
+Deno.test("--drop drops incoming datagrams and logs each drop", async () => {
+  await using service = startUdpServer({ service: "echo", dropRate: 1 });
+  await using peer = new UdpPeer(service.port);
+  await peer.send("lost");
+  assertMatch(
+    await service.log.waitFor(/dropped/),
+    /dropped a datagram from 127\.0\.0\.1:\d+ \(--drop\)$/,
+  );
+  assertEquals(peer.datagrams.all, []);
+});
+
+Deno.test("--delay delays each reply and logs it; replies can overtake each other", async () => {
+  await using service = startUdpServer({
+    service: "echo",
+    maxDelayMs: 200,
+    seed: 7,
+  });
+  await using peer = new UdpPeer(service.port);
+  const sent = Array.from({ length: 20 }, (_, i) => `n${i}`);
+  for (const text of sent) await peer.send(text);
+  const received = [];
+  for (let i = 0; i < sent.length; i++) {
+    received.push(await peer.datagrams.next());
+  }
+  assertEquals([...received].sort(), [...sent].sort(), "every reply arrives");
+  assertNotEquals(
+    received,
+    sent,
+    "with these delays, some replies overtake others",
+  );
+  assertMatch(
+    service.log.all[0],
+    /delaying a reply to 127\.0\.0\.1:\d+ by \d+ ms \(--delay\)$/,
+  );
+});
+
+Deno.test("--seed makes drops repeat exactly", async () => {
+  // The month service logs each datagram it gets: asked, or dropped.
+  const fates = async () => {
+    await using service = startUdpServer({
+      service: "month",
+      dropRate: 0.5,
+      seed: 42,
+    });
+    await using peer = new UdpPeer(service.port);
+    const pattern = [];
+    for (let i = 1; i <= 20; i++) {
+      await peer.send(String(i % 12 + 1));
+      const line = await service.log.waitFor(/dropped|asked/);
+      pattern.push(line.includes("dropped") ? "dropped" : "answered");
+    }
+    return pattern;
+  };
+  const first = await fates();
+  assertEquals(await fates(), first);
+  assert(first.includes("dropped") && first.includes("answered"));
+});
