@@ -630,6 +630,9 @@ export function parseFlags(args: string[], spec: FlagSpec): ParsedFlags {
   const parsed: { _: unknown[]; [flag: string]: unknown } = parseArgs(args, {
     ...spec,
     unknown: (arg: string) => {
+      if (/^-\d/.test(arg)) {
+        throw new UsageError(`Invalid value "${arg}": no negative numbers`);
+      }
       if (arg.startsWith("-") && arg !== "-") {
         throw new UsageError(`Unknown option "${arg.split("=")[0]}"`);
       }

@@ -151,7 +151,7 @@ function hostAndQuestion(
   // One argument: a number is the question, anything else the host.
   const [host, question] = positional.length === 2
     ? positional
-    : /^[+-]?[\d.]+$/.test(positional[0] ?? "")
+    : /^[+-]?\d+(\.\d+)?$/.test(positional[0] ?? "")
     ? ["localhost", positional[0]]
     : [positional[0] ?? "localhost", undefined];
   if (question !== undefined && !/^-?\d+$/.test(question)) {
