@@ -15,6 +15,7 @@ import {
   argsOrExit,
   askName,
   chooseColors,
+  DEFAULT_PORT,
   encodeLine,
   type Frame,
   isClosedByUs,
@@ -31,9 +32,6 @@ import {
   UsageError,
   writeAll,
 } from "./shared.ts";
-
-/** The port the lab uses. */
-export const DEFAULT_PORT = 9999;
 
 /** How long a silent server is waited for before telling why it may be. */
 const NO_WELCOME_HINT_MS = 1500;

@@ -18,6 +18,7 @@ import {
   clockTime,
   concatBytes,
   connectionHints,
+  DEFAULT_PORT,
   encodeLine,
   errorLine,
   type Frame,
@@ -41,9 +42,6 @@ import {
   UsageError,
   writeAll,
 } from "./shared.ts";
-
-/** The port the lab uses. */
-export const DEFAULT_PORT = 9999;
 
 /** The most bytes waiting to be sent to one client before it is dropped. */
 export const MAX_PENDING_BYTES = 1024 * 1024;

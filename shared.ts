@@ -13,6 +13,15 @@
 import * as stdColors from "@std/fmt/colors";
 import { parseArgs } from "@std/cli/parse-args";
 
+/** The port the lab uses, for TCP and for UDP. */
+export const DEFAULT_PORT = 9999;
+
+/** The services of udp_server.ts. */
+export const UDP_SERVICES = ["chat", "month", "echo"] as const;
+
+/** One of the services of udp_server.ts. */
+export type UdpService = typeof UDP_SERVICES[number];
+
 // ---------------------------------------------------------------------------
 // Framing: turning a byte stream into lines
 // ---------------------------------------------------------------------------

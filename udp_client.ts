@@ -18,8 +18,10 @@ import {
   argsOrExit,
   askName,
   chooseColors,
+  DEFAULT_PORT,
   encodeLine,
   LineConsole,
+  nameProblem,
   networkReason,
   onStopSignals,
   paintChatLine,
@@ -30,14 +32,10 @@ import {
   parseNumberFlag,
   parsePort,
   requireUdp,
+  UDP_SERVICES,
+  type UdpService,
   UsageError,
 } from "./shared.ts";
-
-/** The port the lab uses. */
-export const DEFAULT_PORT = 9999;
-
-/** The services of udp_server.ts. */
-export const SERVICES = ["chat", "month", "echo"] as const;
 
 const USAGE = `socklab UDP client
 
@@ -70,7 +68,7 @@ export interface UdpClientOptions {
   /** The server's port. @default 9999 */
   port: number;
   /** The service. @default "chat" */
-  service: typeof SERVICES[number];
+  service: UdpService;
   /** Chat: the name to join with. */
   name?: string;
   /** Month service: one question to ask, then exit. */
@@ -116,15 +114,18 @@ export function parseUdpClientArgs(args: string[]): UdpClientOptions {
       keepalive: "20",
     },
   });
-  const service = parseChoice("service", flags.service, SERVICES);
+  const service = parseChoice("service", flags.service, UDP_SERVICES);
   const [host, question] = hostAndQuestion(flags._, service);
   const whole = (flag: string, min: number, max: number) =>
     parseNumberFlag(flag, flags[flag], { min, max, whole: true });
+  const name = flags.name === undefined ? undefined : String(flags.name);
+  const invalid = name === undefined ? undefined : nameProblem(name);
+  if (invalid) throw new UsageError(`Invalid --name: ${invalid}`);
   return {
     host,
     port: parsePort(flags.port),
     service,
-    name: flags.name === undefined ? undefined : String(flags.name),
+    name,
     question,
     timeoutMs: whole("timeout", 1, 600_000),
     retries: whole("retries", 0, 100),

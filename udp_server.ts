@@ -16,6 +16,7 @@ import {
   argsOrExit,
   clockTime,
   connectionHints,
+  DEFAULT_PORT,
   encodeLine,
   errorLine,
   messageLine,
@@ -30,17 +31,10 @@ import {
   parseNumberFlag,
   parsePort,
   requireUdp,
+  UDP_SERVICES,
+  type UdpService,
   UsageError,
 } from "./shared.ts";
-
-/** The port the lab uses. */
-export const DEFAULT_PORT = 9999;
-
-/** The services this server can run. */
-export const SERVICES = ["chat", "month", "echo"] as const;
-
-/** One of the services. */
-export type Service = typeof SERVICES[number];
 
 /** The names of the months, for the month service. */
 export const MONTHS = [
@@ -103,7 +97,7 @@ export interface UdpServerOptions {
   /** Port to listen on; 0 picks a free one. @default 9999 */
   port: number;
   /** The service. @default "chat" */
-  service: Service;
+  service: UdpService;
   /** Chat peers silent this long are dropped. @default 60000 */
   peerTimeoutMs: number;
   /** The longest datagram accepted, in bytes. @default 1200 */
@@ -573,7 +567,7 @@ export function parseUdpServerArgs(
     help: flags.help === true,
     port: parsePort(flags.port),
     host: String(flags.host),
-    service: parseChoice("service", flags.service, SERVICES),
+    service: parseChoice("service", flags.service, UDP_SERVICES),
     peerTimeoutMs: Math.round(seconds * 1000),
     maxDatagram: parseNumberFlag("max-datagram", flags["max-datagram"], {
       min: 1,

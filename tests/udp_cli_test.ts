@@ -203,60 +203,51 @@ const ALL_QUESTIONS = [
   "0",
 ];
 
-Deno.test("month client answers every question right through its retries when half the datagrams are lost", async () => {
+/**
+ * Starts `udp_server.ts --service month` with `serverFlags`, pipes the
+ * questions 1 to 12 then 0 into the month client with `clientFlags`, and
+ * checks that each answer is the right one, in order.
+ * @returns what the server and the client printed on the side
+ */
+async function askEveryMonth(serverFlags: string[], clientFlags: string[]) {
   await using server = Spawned.script("udp_server.ts", [
     ...LOCAL,
     "--service",
     "month",
-    "--drop",
-    "0.5",
-    "--seed",
-    "1",
+    ...serverFlags,
   ]);
   const port = await bannerPort(server);
-  // With this seed, one question is dropped 9 times in a row: 10 retries.
   await using client = spawnUdpClient(port, [
     "--service",
     "month",
-    "--timeout",
-    "150",
-    "--retries",
-    "10",
+    ...clientFlags,
   ]);
   for (const question of ALL_QUESTIONS) await client.type(question);
   assertEquals((await client.status()).code, 0);
   assertEquals(client.stdout.all, ALL_ANSWERS);
+  return { serverLog: server.stdout.all, clientNotes: client.stderr.all };
+}
+
+Deno.test("month client answers every question right through its retries when half the datagrams are lost", async () => {
+  // With this seed, one question is dropped 9 times in a row: 10 retries.
+  const { serverLog, clientNotes } = await askEveryMonth(
+    ["--drop", "0.5", "--seed", "1"],
+    ["--timeout", "150", "--retries", "10"],
+  );
   assert(
-    client.stderr.all.some((line) => /asking again/.test(line)),
+    clientNotes.some((line) => /asking again/.test(line)),
     "some questions were asked again",
   );
-  assert(server.stdout.all.some((line) => /dropped a datagram/.test(line)));
+  assert(serverLog.some((line) => /dropped a datagram/.test(line)));
 });
 
 Deno.test("month client never takes a late reply for the answer to another question", async () => {
-  await using server = Spawned.script("udp_server.ts", [
-    ...LOCAL,
-    "--service",
-    "month",
-    "--delay",
-    "400",
-    "--seed",
-    "5",
-  ]);
-  const port = await bannerPort(server);
-  await using client = spawnUdpClient(port, [
-    "--service",
-    "month",
-    "--timeout",
-    "100",
-    "--retries",
-    "20",
-  ]);
-  for (const question of ALL_QUESTIONS) await client.type(question);
-  assertEquals((await client.status()).code, 0);
-  assertEquals(client.stdout.all, ALL_ANSWERS);
+  const { clientNotes } = await askEveryMonth(
+    ["--delay", "400", "--seed", "5"],
+    ["--timeout", "100", "--retries", "20"],
+  );
   assert(
-    client.stderr.all.some((line) => /ignored a late reply/.test(line)),
+    clientNotes.some((line) => /ignored a late reply/.test(line)),
     "late replies came, and were ignored",
   );
 });
