@@ -18,17 +18,24 @@ import {
   DEFAULT_PORT,
   encodeLine,
   type Frame,
+  type InventoryReply,
   isClosedByUs,
   LINE_TOO_LONG,
   LineConsole,
   LineFramer,
+  MAX_QUANTITY,
   nameProblem,
   networkReason,
   paintChatLine,
   paintDim,
   paintError,
+  parseChoice,
   parseFlags,
   parsePort,
+  StdinLines,
+  type Stock,
+  TCP_SERVICES,
+  textWidth,
   UsageError,
   writeAll,
 } from "./shared.ts";
@@ -43,16 +50,21 @@ const USAGE = `socklab TCP chat client
 
 USAGE:
   deno run -A client.ts [HOST] [OPTIONS]
+  deno run -A client.ts [HOST] --service inventory [add ITEM N | remove ITEM N | view]
 
-  HOST                The server's address (default localhost), e.g. 192.168.0.101
+  HOST                   The server's address (default localhost), e.g. 192.168.0.101
 
 OPTIONS:
-  -p, --port <PORT>   The server's port (default ${DEFAULT_PORT})
-  -n, --name <NAME>   Your name in the chat (without it, you are asked)
-  -h, --help          Show this help
+  -p, --port <PORT>      The server's port (default ${DEFAULT_PORT})
+  -n, --name <NAME>      Your name in the chat (without it, you are asked)
+  -s, --service <NAME>   chat or inventory (default chat)
+  -h, --help             Show this help
 
 In the chat, /help lists the commands. Leave with /quit, Ctrl-D or Ctrl-C.
-Lines piped in are sent one by one: printf 'hi\\n' | deno run -A client.ts --name bot`;
+Lines piped in are sent one by one: printf 'hi\\n' | deno run -A client.ts --name bot
+
+The inventory service shows a menu; with a request after the flags, it
+sends that one request, prints the reply and exits (1 on an error reply).`;
 
 /** What the client was asked to do. */
 export interface ClientOptions {
@@ -60,11 +72,17 @@ export interface ClientOptions {
   host: string;
   /** The server's port. @default 9999 */
   port: number;
+  /** The service. @default "chat" */
+  service: typeof TCP_SERVICES[number];
   /** The name to ask for; undefined means ask the user. */
   name?: string;
+  /** Inventory: one request (like `add Soap 200`) to send, then exit. */
+  request?: string;
   /** Print the usage and stop. */
   help: boolean;
 }
+
+const INVENTORY_ACTIONS = ["add", "remove", "view", "help"];
 
 /**
  * Reads the client's arguments.
@@ -72,21 +90,30 @@ export interface ClientOptions {
  */
 export function parseClientArgs(args: string[]): ClientOptions {
   const flags = parseFlags(args, {
-    string: ["port", "name"],
+    string: ["port", "name", "service"],
     boolean: ["help"],
-    alias: { p: "port", n: "name", h: "help" },
-    default: { port: String(DEFAULT_PORT) },
+    alias: { p: "port", n: "name", s: "service", h: "help" },
+    default: { port: String(DEFAULT_PORT), service: "chat" },
   });
-  if (flags._.length > 1) {
-    throw new UsageError(`Unexpected argument "${flags._[1]}"`);
-  }
+  const service = parseChoice("service", flags.service, TCP_SERVICES);
   const name = flags.name === undefined ? undefined : String(flags.name);
   const invalid = name === undefined ? undefined : nameProblem(name);
   if (invalid) throw new UsageError(`Invalid --name: ${invalid}`);
+  // Inventory: `[HOST] add Soap 200`; the first word tells which is which.
+  const words = [...flags._];
+  const hasHost = words.length > 0 &&
+    !(service === "inventory" &&
+      INVENTORY_ACTIONS.includes(words[0].toLowerCase()));
+  const host = hasHost ? words.shift()! : "localhost";
+  if (words.length > 0 && service === "chat") {
+    throw new UsageError(`Unexpected argument "${words[0]}"`);
+  }
   return {
-    host: flags._[0] ?? "localhost",
+    host,
     port: parsePort(flags.port),
+    service,
     name,
+    request: words.length > 0 ? words.join(" ") : undefined,
     help: flags.help === true,
   };
 }
@@ -214,6 +241,174 @@ export async function connect(host: string, port: number): Promise<Deno.Conn> {
   }
 }
 
+// ---------------------------------------------------------------------------
+// The inventory service: one request, one reply, on one connection
+// ---------------------------------------------------------------------------
+
+/**
+ * A connection to the inventory service: each request is one line, and
+ * its reply the next line that comes back.
+ */
+class InventoryConnection {
+  // A reply holds the whole stock: allow long lines, still bounded.
+  #framer = new LineFramer(16 * 1024 * 1024);
+  #lines: string[] = [];
+  #buffer = new Uint8Array(64 * 1024);
+
+  constructor(readonly conn: Deno.Conn, readonly target: string) {}
+
+  /**
+   * Sends one request line and reads its reply.
+   * @throws {Error} with a one-line reason when the connection fails
+   */
+  async request(line: string): Promise<InventoryReply> {
+    try {
+      await writeAll(this.conn, encodeLine(line));
+      const reply = JSON.parse(await this.#nextLine());
+      if (typeof reply?.ok !== "boolean") throw new SyntaxError('no "ok"');
+      return reply;
+    } catch (error) {
+      if (error instanceof SyntaxError) {
+        throw new Error(
+          `The server "${this.target}" sent a reply that is not the inventory's JSON`,
+        );
+      }
+      throw error;
+    }
+  }
+
+  async #nextLine(): Promise<string> {
+    while (this.#lines.length === 0) {
+      let count;
+      try {
+        count = await this.conn.read(this.#buffer);
+      } catch (error) {
+        throw new Error(
+          `Connection to "${this.target}" lost: ${networkReason(error)}`,
+        );
+      }
+      if (count === null) {
+        throw new Error(`The server "${this.target}" closed the connection`);
+      }
+      for (const frame of this.#framer.push(this.#buffer.subarray(0, count))) {
+        if (frame !== LINE_TOO_LONG) this.#lines.push(frame);
+      }
+    }
+    return this.#lines.shift()!;
+  }
+}
+
+/** The stock as an aligned table, items in alphabetical order. */
+export function stockTable(stock: Stock): string[] {
+  const items = Object.keys(stock).sort((a, b) => a.localeCompare(b));
+  if (items.length === 0) return ["(the inventory is empty)"];
+  const itemWidth = Math.max(4, ...items.map(textWidth));
+  const counts = items.map((item) => String(stock[item]));
+  const countWidth = Math.max(8, ...counts.map((count) => count.length));
+  const padItem = (text: string) =>
+    text + " ".repeat(itemWidth - textWidth(text));
+  return [
+    `${padItem("Item")}  ${"Quantity".padStart(countWidth)}`,
+    `${"-".repeat(itemWidth)}  ${"-".repeat(countWidth)}`,
+    ...items.map((item, i) =>
+      `${padItem(item)}  ${counts[i].padStart(countWidth)}`
+    ),
+  ];
+}
+
+/** Prints a reply: its message and stock, or its error (exit code 1). */
+function printReply(reply: InventoryReply): number {
+  if (!reply.ok) {
+    console.error(paintError(`Error: ${reply.error}`));
+    return 1;
+  }
+  if (reply.message) console.log(reply.message);
+  if (reply.inventory) {
+    stockTable(reply.inventory).forEach((line) => console.log(line));
+  }
+  return 0;
+}
+
+const MENU = `
+1. Add item
+2. View inventory
+3. Remove item
+4. Exit`;
+
+/** Asks a question; on a terminal, the question is shown first. */
+async function ask(input: StdinLines, question: string) {
+  if (Deno.stdin.isTerminal()) {
+    await writeAll(Deno.stdout, new TextEncoder().encode(question));
+  }
+  return (await input.next())?.trim();
+}
+
+/** Asks for an item name until one is given. */
+async function askItem(input: StdinLines): Promise<string | undefined> {
+  while (true) {
+    const item = await ask(input, "Item name: ");
+    if (item === undefined || item !== "") return item;
+    console.log(paintError("Please enter an item name."));
+  }
+}
+
+/** Asks for a quantity until it is a whole number in range. */
+async function askQuantity(input: StdinLines): Promise<number | undefined> {
+  while (true) {
+    const text = await ask(input, "Quantity: ");
+    if (text === undefined) return undefined;
+    const quantity = Number(text);
+    if (/^\d+$/.test(text) && quantity >= 1 && quantity <= MAX_QUANTITY) {
+      return quantity;
+    }
+    console.log(
+      paintError(`Please enter a whole number from 1 to ${MAX_QUANTITY}.`),
+    );
+  }
+}
+
+/** The lab's menu: add, view, remove, exit; asks again on a bad answer. */
+async function inventoryMenu(connection: InventoryConnection): Promise<number> {
+  const input = new StdinLines();
+  console.log(`socklab inventory at ${connection.target}`);
+  while (true) {
+    console.log(MENU);
+    const choice = await ask(input, "Choose 1-4: ");
+    if (choice === undefined || choice === "4") return 0;
+    if (choice === "2") {
+      printReply(await connection.request(JSON.stringify({ action: "view" })));
+      continue;
+    }
+    if (choice !== "1" && choice !== "3") {
+      console.log(paintError("Please choose 1, 2, 3 or 4."));
+      continue;
+    }
+    const item = await askItem(input);
+    const quantity = item === undefined ? undefined : await askQuantity(input);
+    if (quantity === undefined) return 0;
+    const action = choice === "1" ? "add" : "remove";
+    printReply(
+      await connection.request(JSON.stringify({ action, item, quantity })),
+    );
+  }
+}
+
+/** Runs the inventory client: one request, or the menu. */
+async function inventory(conn: Deno.Conn, options: ClientOptions) {
+  const connection = new InventoryConnection(
+    conn,
+    `${options.host}:${options.port}`,
+  );
+  try {
+    return options.request === undefined
+      ? await inventoryMenu(connection)
+      : printReply(await connection.request(options.request));
+  } catch (error) {
+    console.error(paintError((error as Error).message));
+    return 1;
+  }
+}
+
 async function main(): Promise<void> {
   const options = argsOrExit(parseClientArgs, USAGE);
   chooseColors();
@@ -224,6 +419,11 @@ async function main(): Promise<void> {
   } catch (error) {
     console.error((error as Error).message);
     Deno.exit(1);
+  }
+  if (options.service === "inventory") {
+    const code = await inventory(conn, options);
+    conn.close();
+    Deno.exit(code);
   }
 
   const name = options.name ??

@@ -15,6 +15,7 @@
 
 import {
   argsOrExit,
+  cleanText,
   clockTime,
   concatBytes,
   connectionHints,
@@ -22,12 +23,15 @@ import {
   encodeLine,
   errorLine,
   type Frame,
+  type InventoryReply,
   isClosedByUs,
   isDisconnect,
   LINE_TOO_LONG,
   LineConsole,
   LineFramer,
+  MAX_ITEM_LENGTH,
   MAX_LINE_BYTES,
+  MAX_QUANTITY,
   messageLine,
   nameKey,
   nameProblem,
@@ -35,10 +39,13 @@ import {
   noticeLine,
   onStopSignals,
   parseChatInput,
+  parseChoice,
   parseFlags,
   parsePort,
   privateLine,
   splitFirstWord,
+  type Stock,
+  TCP_SERVICES,
   UsageError,
   writeAll,
 } from "./shared.ts";
@@ -185,6 +192,41 @@ class Client {
   }
 }
 
+/**
+ * Accept: takes each connection from the kernel's queue (the backlog) and
+ * serves it, until the listener is closed. The concurrent server and the
+ * iterative server differ in one `await`: the iterative server waits until
+ * a client is served before it accepts the next; the concurrent one goes
+ * straight back to accept while each client is served.
+ */
+async function acceptConnections(
+  listener: Deno.Listener,
+  { iterative, serve, log }: {
+    iterative: boolean;
+    serve: (conn: Deno.Conn) => Promise<void>;
+    log: (text: string) => void;
+  },
+): Promise<void> {
+  while (true) {
+    let conn;
+    try {
+      conn = await listener.accept();
+    } catch (error) {
+      if (isClosedByUs(error)) return; // the server is stopping
+      // Out of file descriptors, for example: wait a little, go on.
+      log(`cannot accept a connection: ${networkReason(error)}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      continue;
+    }
+    if (iterative) {
+      await serve(conn);
+      log("waiting for the next client in the backlog");
+    } else {
+      serve(conn);
+    }
+  }
+}
+
 /** A running chat server. */
 export class ChatServer {
   readonly options: ServerOptions;
@@ -198,9 +240,11 @@ export class ChatServer {
   private constructor(options: ServerOptions, listener: Deno.Listener) {
     this.options = options;
     this.listener = listener;
-    this.finished = options.iterative
-      ? this.#acceptOneAtATime()
-      : this.#acceptEveryone();
+    this.finished = acceptConnections(listener, {
+      iterative: options.iterative,
+      serve: (conn) => this.#serve(conn),
+      log: (text) => this.#log(text),
+    });
   }
 
   /**
@@ -231,46 +275,6 @@ export class ChatServer {
   /** The names of the connected clients, in the order they came. */
   get names(): string[] {
     return [...this.#clients.values()].map((client) => client.name);
-  }
-
-  // -------------------------------------------------------------------------
-  // Accept: the concurrent server and the iterative server
-  // -------------------------------------------------------------------------
-
-  /** Concurrent: serve each client as soon as it connects. */
-  async #acceptEveryone(): Promise<void> {
-    for (let conn; (conn = await this.#accept());) {
-      // Not awaited: the next accept happens while this client is served.
-      this.#serve(conn);
-    }
-  }
-
-  /** Iterative: serve one client until it leaves, then accept the next. */
-  async #acceptOneAtATime(): Promise<void> {
-    for (let conn; (conn = await this.#accept());) {
-      await this.#serve(conn);
-      if (!this.#stopping) {
-        this.#log("waiting for the next client in the backlog");
-      }
-    }
-  }
-
-  /**
-   * Accept: take the next connection from the kernel's queue.
-   * @returns the connection, or undefined once the server is stopping
-   */
-  async #accept(): Promise<Deno.Conn | undefined> {
-    while (!this.#stopping) {
-      try {
-        return await this.listener.accept();
-      } catch (error) {
-        if (this.#stopping || isClosedByUs(error)) return undefined;
-        // Out of file descriptors, for example: wait a little, go on.
-        this.#log(`cannot accept a connection: ${networkReason(error)}`);
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-    }
-    return undefined;
   }
 
   // -------------------------------------------------------------------------
@@ -644,6 +648,467 @@ function leaveReasonOf(error: unknown): LeaveReason {
 }
 
 // ---------------------------------------------------------------------------
+// The inventory service: one JSON request and one JSON reply per line
+// ---------------------------------------------------------------------------
+
+/** A valid request to the inventory service. */
+export type InventoryRequest =
+  | { action: "add" | "remove"; item: string; quantity: number }
+  | { action: "view" }
+  | { action: "help" };
+
+const ACTIONS = ["add", "remove", "view", "help"];
+
+const INVENTORY_HELP = 'send one request per line: "add ITEM QUANTITY", ' +
+  '"remove ITEM QUANTITY", "view", "help", or the same as JSON: ' +
+  '{"action":"add","item":"Soap","quantity":200}, {"action":"view"}';
+
+/** A request that cannot be served, with the reason for the client. */
+class BadRequest extends Error {}
+
+/**
+ * Reads one request line: a JSON object, or the same as text for nc users
+ * (`add Green Tea 5`: the quantity is the last word).
+ * @throws {BadRequest} with the reason, for anything else
+ */
+export function parseInventoryRequest(line: string): InventoryRequest {
+  const text = line.trim();
+  // JSON is never eval'ed or unpickled: it is data, and only data.
+  const looksLikeJson = /^[[{"\d-]|^(true|false|null)$/.test(text);
+  return looksLikeJson ? requestFromJson(text) : requestFromWords(text);
+}
+
+function requestFromJson(text: string): InventoryRequest {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new BadRequest(`malformed JSON: ${(error as Error).message}`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new BadRequest(
+      'a request must be a JSON object, like {"action":"view"}',
+    );
+  }
+  const fields = value as Record<string, unknown>;
+  const action = fields.action;
+  if (action === undefined) throw new BadRequest('missing "action"');
+  if (typeof action !== "string") {
+    throw new BadRequest('"action" must be a string');
+  }
+  if (action === "view") return { action };
+  if (action === "help") return { action };
+  if (action !== "add" && action !== "remove") throw unknownAction(action);
+  if (fields.item === undefined) throw new BadRequest('missing "item"');
+  if (fields.quantity === undefined) throw new BadRequest('missing "quantity"');
+  return {
+    action,
+    item: checkItem(fields.item),
+    quantity: checkQuantity(fields.quantity),
+  };
+}
+
+function requestFromWords(text: string): InventoryRequest {
+  const words = text.split(/\s+/);
+  const action = words[0].toLowerCase();
+  if (action === "view") return { action };
+  if (action === "help") return { action };
+  if (action !== "add" && action !== "remove") throw unknownAction(words[0]);
+  if (words.length < 3) {
+    throw new BadRequest(`usage: ${action} ITEM QUANTITY`);
+  }
+  const quantity = words.at(-1)!;
+  if (!/^\d+$/.test(quantity)) throw badQuantity();
+  return {
+    action,
+    item: checkItem(words.slice(1, -1).join(" ")),
+    quantity: checkQuantity(Number(quantity)),
+  };
+}
+
+function unknownAction(action: string): BadRequest {
+  const shown = action.length > 20 ? action.slice(0, 20) + "..." : action;
+  return new BadRequest(
+    `unknown action "${shown}": use ${ACTIONS.join(", ")}`,
+  );
+}
+
+function checkItem(item: unknown): string {
+  if (typeof item !== "string") throw new BadRequest('"item" must be a string');
+  const name = item.trim();
+  if (name === "") throw new BadRequest("an item name cannot be empty");
+  if ([...name].length > MAX_ITEM_LENGTH) {
+    throw new BadRequest(
+      `an item name is ${MAX_ITEM_LENGTH} characters at most`,
+    );
+  }
+  if (cleanText(name) !== name) {
+    throw new BadRequest("an item name cannot hold control characters");
+  }
+  return name;
+}
+
+function checkQuantity(quantity: unknown): number {
+  const valid = typeof quantity === "number" && Number.isInteger(quantity) &&
+    quantity >= 1 && quantity <= MAX_QUANTITY;
+  if (!valid) throw badQuantity();
+  return quantity as number;
+}
+
+function badQuantity(): BadRequest {
+  return new BadRequest(
+    `the quantity must be a whole number from 1 to ${MAX_QUANTITY}`,
+  );
+}
+
+/**
+ * The stock and the rules that change it. Every change is checked first,
+ * so a request either applies whole or changes nothing.
+ */
+export class Inventory {
+  readonly #items: Map<string, number>;
+
+  constructor(stock: Stock = {}) {
+    this.#items = new Map(Object.entries(stock));
+  }
+
+  /** The stock as a plain object, for JSON. */
+  get stock(): Stock {
+    return Object.fromEntries(this.#items);
+  }
+
+  /**
+   * Adds `quantity` of `item`.
+   * @throws {BadRequest} when the total would pass the safe integer limit
+   */
+  add(item: string, quantity: number): string {
+    const total = (this.#items.get(item) ?? 0) + quantity;
+    if (total > Number.MAX_SAFE_INTEGER) {
+      throw new BadRequest(
+        `cannot add: ${item} would pass ${Number.MAX_SAFE_INTEGER} in stock`,
+      );
+    }
+    this.#items.set(item, total);
+    return `Added ${quantity} ${item}(s) to the inventory.`;
+  }
+
+  /**
+   * Removes `quantity` of `item`; an item that reaches 0 leaves.
+   * @throws {BadRequest} when there is not that much in stock
+   */
+  remove(item: string, quantity: number): string {
+    const have = this.#items.get(item) ?? 0;
+    if (have === 0) throw new BadRequest(`no ${item} in stock`);
+    if (have < quantity) throw new BadRequest(`only ${have} ${item} in stock`);
+    if (have === quantity) this.#items.delete(item);
+    else this.#items.set(item, have - quantity);
+    return `Removed ${quantity} ${item}(s) from the inventory.`;
+  }
+}
+
+/** How an inventory server runs. */
+export interface InventoryOptions {
+  /** Address to listen on. @default "0.0.0.0" */
+  host: string;
+  /** Port to listen on; 0 picks a free one. @default 9999 */
+  port: number;
+  /** Serve one client at a time. @default false */
+  iterative: boolean;
+  /** The longest request line, in bytes. @default 4096 */
+  maxLineBytes: number;
+  /** The file that keeps the stock; without one, it lives in memory. */
+  dataFile?: string;
+  /** Prints one log line. */
+  print: (line: string) => void;
+}
+
+/** A running inventory server. */
+export class InventoryServer {
+  readonly options: InventoryOptions;
+  readonly listener: Deno.Listener;
+  /** Settles when the server has stopped accepting. */
+  readonly finished: Promise<void>;
+  readonly #inventory: Inventory;
+  readonly #dataFile?: DataFile;
+  readonly #connections = new Set<Deno.Conn>();
+  #stopping?: Promise<void>;
+
+  private constructor(
+    options: InventoryOptions,
+    listener: Deno.Listener,
+    inventory: Inventory,
+  ) {
+    this.options = options;
+    this.listener = listener;
+    this.#inventory = inventory;
+    if (options.dataFile) this.#dataFile = new DataFile(options.dataFile);
+    this.finished = acceptConnections(listener, {
+      iterative: options.iterative,
+      serve: (conn) => this.#serve(conn),
+      log: (text) => this.#log(text),
+    });
+  }
+
+  /**
+   * Loads the stock from the data file, if any, then creates, binds and
+   * listens.
+   * @throws {DataFileError} when the data file cannot be read or is corrupt
+   */
+  static async start(
+    options: Partial<InventoryOptions> = {},
+  ): Promise<InventoryServer> {
+    const full: InventoryOptions = {
+      host: "0.0.0.0",
+      port: DEFAULT_PORT,
+      iterative: false,
+      maxLineBytes: MAX_LINE_BYTES,
+      print: (line) => console.log(line),
+      ...options,
+    };
+    const stock = full.dataFile ? await loadStock(full.dataFile) : {};
+    // Create, bind and listen.
+    const listener = Deno.listen({ hostname: full.host, port: full.port });
+    return new InventoryServer(full, listener, new Inventory(stock));
+  }
+
+  /** The address actually bound (port 0 becomes a real port). */
+  get addr(): Deno.NetAddr {
+    return this.listener.addr as Deno.NetAddr;
+  }
+
+  /** One connection: any number of requests, each answered in turn. */
+  async #serve(conn: Deno.Conn): Promise<void> {
+    const peer = conn.remoteAddr as Deno.NetAddr;
+    const address = `${peer.hostname}:${peer.port}`;
+    this.#connections.add(conn);
+    this.#log(`connection from ${address}`);
+    const buffer = new Uint8Array(16 * 1024);
+    const framer = new LineFramer(this.options.maxLineBytes);
+    let reason = "closed";
+    try {
+      // Receive: bytes, framed into request lines.
+      for (let count; (count = await conn.read(buffer)) !== null;) {
+        for (const frame of framer.push(buffer.subarray(0, count))) {
+          await this.#answer(conn, address, frame);
+        }
+      }
+      for (const frame of framer.end()) {
+        await this.#answer(conn, address, frame);
+      }
+    } catch (error) {
+      reason = this.#stopping ? "shutdown" : leaveReasonOf(error);
+    }
+    this.#connections.delete(conn);
+    this.#log(`${address} disconnected (${reason})`);
+    try {
+      conn.close();
+    } catch {
+      // Already closed.
+    }
+  }
+
+  /** Answers one request line with one JSON line. */
+  async #answer(conn: Deno.Conn, address: string, frame: Frame) {
+    if (frame !== LINE_TOO_LONG && frame.trim() === "") return;
+    const reply = frame === LINE_TOO_LONG
+      ? failure(`request too long (over ${this.options.maxLineBytes} bytes)`)
+      : await this.#serveRequest(address, frame);
+    // Send: the reply, after the change is safely on disk.
+    await writeAll(conn, encodeLine(JSON.stringify(reply)));
+  }
+
+  async #serveRequest(address: string, line: string): Promise<InventoryReply> {
+    let request;
+    try {
+      request = parseInventoryRequest(line);
+    } catch (error) {
+      if (error instanceof BadRequest) return failure(error.message);
+      throw error;
+    }
+    const inventory = this.#inventory;
+    if (request.action === "help") return { ok: true, message: INVENTORY_HELP };
+    if (request.action === "view") {
+      return { ok: true, inventory: inventory.stock };
+    }
+    const { action, item, quantity } = request;
+    let message;
+    try {
+      message = action === "add"
+        ? inventory.add(item, quantity)
+        : inventory.remove(item, quantity);
+    } catch (error) {
+      if (error instanceof BadRequest) return failure(error.message);
+      throw error;
+    }
+    try {
+      await this.#dataFile?.save(() => inventory.stock);
+    } catch (error) {
+      // Not saved, so not done: undo the change and say why.
+      if (action === "add") inventory.remove(item, quantity);
+      else inventory.add(item, quantity);
+      this.#log(`cannot save: ${(error as Error).message}`);
+      return failure(`cannot save the inventory: ${(error as Error).message}`);
+    }
+    this.#log(`${address}: ${message}`);
+    return { ok: true, message, inventory: inventory.stock };
+  }
+
+  /** Stops accepting, lets the last saves finish, closes every connection. */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  /** Stops the server when a `using` block ends (in tests). */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
+  }
+
+  async #stop(): Promise<void> {
+    this.#log("shutting down");
+    this.listener.close();
+    await this.finished;
+    await this.#dataFile?.idle();
+    for (const conn of this.#connections) {
+      try {
+        conn.close();
+      } catch {
+        // Already closed.
+      }
+    }
+    this.#log("stopped");
+  }
+
+  #log(text: string): void {
+    this.options.print(`${clockTime()} ${text}`);
+  }
+}
+
+function failure(error: string): InventoryReply {
+  return { ok: false, error };
+}
+
+// ---------------------------------------------------------------------------
+// The data file: saved after every change, so nothing acknowledged is lost
+// ---------------------------------------------------------------------------
+
+/** The data file cannot be used: the message says why. */
+export class DataFileError extends Error {}
+
+/**
+ * Reads the stock from `path`. A missing file is an empty stock.
+ * @throws {DataFileError} when the file cannot be read or is not a stock
+ */
+export async function loadStock(path: string): Promise<Stock> {
+  let text;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return {};
+    throw new DataFileError(`Cannot read "${path}": ${fileReason(error)}`);
+  }
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (error) {
+    throw corrupt(path, `not valid JSON (${(error as Error).message})`);
+  }
+  if (typeof data !== "object" || data === null || Array.isArray(data)) {
+    throw corrupt(path, 'not a JSON object like {"Soap": 200}');
+  }
+  for (const [item, quantity] of Object.entries(data)) {
+    const valid = typeof quantity === "number" &&
+      Number.isSafeInteger(quantity) &&
+      quantity >= 1;
+    if (!valid) {
+      throw corrupt(
+        path,
+        `"${item}" has ${
+          JSON.stringify(quantity)
+        }, not a whole number of 1 or more`,
+      );
+    }
+  }
+  return data as Stock;
+}
+
+function corrupt(path: string, why: string): DataFileError {
+  return new DataFileError(
+    `Cannot load "${path}": ${why}. The file was left as it is.`,
+  );
+}
+
+function fileReason(error: unknown): string {
+  if (error instanceof Deno.errors.PermissionDenied) {
+    return "permission denied (run with -A, or --allow-read and --allow-write)";
+  }
+  if (error instanceof Deno.errors.IsADirectory) return "it is a folder";
+  return (error as Error).message;
+}
+
+/**
+ * Saves the stock to a file so that a crash (even kill -9) at any moment
+ * loses no change that was acknowledged: write a temporary file in the
+ * same folder, flush it to the disk, then rename it over the old one. A
+ * rename is atomic: the file is always either the old stock or the new.
+ * Changes that come while a save runs are saved together in the next one.
+ */
+class DataFile {
+  #waiting: { resolve: () => void; reject: (error: Error) => void }[] = [];
+  #saving?: Promise<void>;
+
+  constructor(readonly path: string) {}
+
+  /**
+   * Resolves once a save that includes the stock as it is now is on disk.
+   * @param snapshot gives the stock at the moment the save starts
+   */
+  save(snapshot: () => Stock): Promise<void> {
+    const saved = new Promise<void>((resolve, reject) => {
+      this.#waiting.push({ resolve, reject });
+    });
+    this.#saving ??= this.#saveAll(snapshot);
+    return saved;
+  }
+
+  /** Resolves when no save is running. */
+  async idle(): Promise<void> {
+    await this.#saving;
+  }
+
+  async #saveAll(snapshot: () => Stock): Promise<void> {
+    while (this.#waiting.length > 0) {
+      const batch = this.#waiting;
+      this.#waiting = [];
+      try {
+        await this.#write(JSON.stringify(snapshot(), null, 2) + "\n");
+        batch.forEach((waiter) => waiter.resolve());
+      } catch (error) {
+        const failed = new Error(fileReason(error));
+        batch.forEach((waiter) => waiter.reject(failed));
+      }
+    }
+    this.#saving = undefined;
+  }
+
+  async #write(text: string): Promise<void> {
+    const temporary = `${this.path}.${Deno.pid}.tmp`;
+    const file = await Deno.open(temporary, {
+      write: true,
+      create: true,
+      truncate: true,
+    });
+    try {
+      await writeAll(file, new TextEncoder().encode(text));
+      await file.sync();
+    } finally {
+      file.close();
+    }
+    await Deno.rename(temporary, this.path);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // The program
 // ---------------------------------------------------------------------------
 
@@ -651,14 +1116,17 @@ function leaveReasonOf(error: unknown): LeaveReason {
  * Reads the server's flags.
  * @throws {UsageError} for a bad flag
  */
-export function parseServerArgs(
-  args: string[],
-): Partial<ServerOptions> & { help: boolean } {
+export function parseServerArgs(args: string[]): ServerArgs {
   const flags = parseFlags(args, {
-    string: ["port", "host", "name"],
+    string: ["port", "host", "name", "service", "data"],
     boolean: ["iterative", "help"],
-    alias: { p: "port", n: "name", i: "iterative", h: "help" },
-    default: { port: String(DEFAULT_PORT), host: "0.0.0.0", name: "server" },
+    alias: { p: "port", n: "name", i: "iterative", s: "service", h: "help" },
+    default: {
+      port: String(DEFAULT_PORT),
+      host: "0.0.0.0",
+      name: "server",
+      service: "chat",
+    },
   });
   if (flags._.length > 0) {
     throw new UsageError(`Unexpected argument "${flags._[0]}"`);
@@ -666,31 +1134,62 @@ export function parseServerArgs(
   const operatorName = String(flags.name);
   const invalid = nameProblem(operatorName);
   if (invalid) throw new UsageError(`Invalid --name: ${invalid}`);
+  const service = parseChoice("service", flags.service, TCP_SERVICES);
+  const dataFile = flags.data === undefined ? undefined : String(flags.data);
+  if (dataFile !== undefined && service !== "inventory") {
+    throw new UsageError("--data goes with --service inventory");
+  }
+  if (dataFile === "") throw new UsageError("--data needs a file name");
   return {
     help: flags.help === true,
+    service,
     port: parsePort(flags.port),
     host: String(flags.host),
     operatorName,
     iterative: flags.iterative === true,
+    dataFile,
   };
 }
 
+/** What server.ts was asked to do. */
+export interface ServerArgs {
+  help: boolean;
+  service: typeof TCP_SERVICES[number];
+  host: string;
+  port: number;
+  operatorName: string;
+  iterative: boolean;
+  dataFile?: string;
+}
+
 /** The banner: where the server listens and how others can connect. */
-export function bannerLines(server: ChatServer): string[] {
+export function bannerLines(server: ChatServer | InventoryServer): string[] {
   const { hostname, port } = server.addr;
   const mode = server.options.iterative
     ? "iterative: one client at a time"
     : "concurrent: every client at once";
-  const portFlag = port === DEFAULT_PORT ? "" : ` --port ${port}`;
+  const inventory = server instanceof InventoryServer;
+  const flags = `${port === DEFAULT_PORT ? "" : ` --port ${port}`}${
+    inventory ? " --service inventory" : ""
+  }`;
+  const title = inventory ? "inventory service" : "chat server";
   return [
-    `socklab chat server (${mode}) listening on ${hostname}:${port}`,
+    `socklab ${title} (${mode}) listening on ${hostname}:${port}`,
     ...connectionHints(
       hostname,
       (address) =>
-        `deno run -A client.ts ${address}${portFlag}    or    nc ${address} ${port}`,
+        `deno run -A client.ts ${address}${flags}    or    nc ${address} ${port}`,
     ),
-    `Type here to chat as "${server.options.operatorName}"; /who, /kick NAME, /quit. Ctrl-C stops the server.`,
+    server instanceof InventoryServer
+      ? inventoryStorageLine(server.options.dataFile)
+      : `Type here to chat as "${server.options.operatorName}"; /who, /kick NAME, /quit. Ctrl-C stops the server.`,
   ];
+}
+
+function inventoryStorageLine(dataFile?: string): string {
+  return dataFile
+    ? `The stock is kept in "${dataFile}", saved after every change. Ctrl-C stops the server.`
+    : "The stock lives in memory and is lost when the server stops (--data FILE keeps it). Ctrl-C stops the server.";
 }
 
 /**
@@ -705,27 +1204,31 @@ async function readConsole(terminal: LineConsole, server: ChatServer) {
 
 async function main(): Promise<void> {
   const options = argsOrExit(parseServerArgs, USAGE);
-  const terminal = new LineConsole();
+  // The chat's operator types into the console; the inventory has none.
+  const terminal = options.service === "chat" ? new LineConsole() : undefined;
+  const print = (line: string) =>
+    terminal ? terminal.print(line) : console.log(line);
   let server;
   try {
-    server = ChatServer.start({
-      ...options,
-      print: (line) => terminal.print(line),
-    });
+    server = options.service === "chat"
+      ? ChatServer.start({ ...options, print })
+      : await InventoryServer.start({ ...options, print });
   } catch (error) {
     console.error(
-      `Cannot listen on "${options.host}:${options.port}": ${
-        networkReason(error)
-      }`,
+      error instanceof DataFileError
+        ? error.message
+        : `Cannot listen on "${options.host}:${options.port}": ${
+          networkReason(error)
+        }`,
     );
     Deno.exit(1);
   }
-  bannerLines(server).forEach((line) => terminal.print(line));
+  bannerLines(server).forEach(print);
   onStopSignals(() => server.stop());
-  readConsole(terminal, server);
+  if (terminal && server instanceof ChatServer) readConsole(terminal, server);
   await server.finished;
   await server.stop();
-  terminal.restore();
+  terminal?.restore();
   Deno.exit(0);
 }
 

@@ -255,6 +255,27 @@ export function parseChatLine(line: string): ChatLine {
 }
 
 // ---------------------------------------------------------------------------
+// The inventory service's replies
+// ---------------------------------------------------------------------------
+
+/** The services of server.ts. */
+export const TCP_SERVICES = ["chat", "inventory"] as const;
+
+/** The most of one item a request may add or remove. */
+export const MAX_QUANTITY = 1_000_000_000;
+
+/** The longest item name, in characters. */
+export const MAX_ITEM_LENGTH = 64;
+
+/** The stock: each item's name and quantity. */
+export type Stock = Record<string, number>;
+
+/** One reply of the inventory service, as a JSON line. */
+export type InventoryReply =
+  | { ok: true; message?: string; inventory?: Stock }
+  | { ok: false; error: string };
+
+// ---------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------
 
@@ -453,7 +474,7 @@ export class LineEditor {
     let shown = "";
     let width = 0;
     for (let i = chars.length - 1; i >= 0; i--) {
-      width += charWidth(chars[i]);
+      width += textWidth(chars[i]);
       if (width > room) {
         shown = "…" + shown;
         break;
@@ -464,8 +485,23 @@ export class LineEditor {
   }
 }
 
+/** Columns a text takes on a terminal (wide characters take two). */
+export function textWidth(text: string): number {
+  let width = 0;
+  for (const char of text) width += charWidth(char);
+  return width;
+}
+
+// Characters that take no column (combining marks, joiners, variation
+// selectors) and the emoji below U+1F000 that take two.
+const ZERO_WIDTH = /^[\p{M}\u200b-\u200f\ufe00-\ufe0f]$/u;
+const WIDE_SYMBOLS =
+  /^[\u231a\u231b\u23e9-\u23ec\u23f0\u23f3\u25fd\u25fe\u2614\u2615\u2648-\u2653\u267f\u2693\u26a1\u26aa\u26ab\u26bd\u26be\u26c4\u26c5\u26ce\u26d4\u26ea\u26f2\u26f3\u26f5\u26fa\u26fd\u2705\u270a\u270b\u2728\u274c\u274e\u2753-\u2755\u2757\u2795-\u2797\u27b0\u27bf\u2b1b\u2b1c\u2b50\u2b55]$/;
+
 /** Columns a character takes: East Asian wide characters and emoji take 2. */
 function charWidth(char: string): number {
+  if (ZERO_WIDTH.test(char)) return 0;
+  if (WIDE_SYMBOLS.test(char)) return 2;
   const code = char.codePointAt(0)!;
   const wide = (code >= 0x1100 && code <= 0x115f) ||
     (code >= 0x2e80 && code <= 0xa4cf) || (code >= 0xac00 && code <= 0xd7a3) ||
@@ -492,6 +528,32 @@ function terminalColumns(): number {
     return Deno.consoleSize().columns;
   } catch {
     return 80;
+  }
+}
+
+/**
+ * The lines of standard input, one at a time, as a pipe or a terminal in
+ * its usual (cooked) mode gives them. A line over 64 KiB is skipped.
+ */
+export class StdinLines {
+  #framer = new LineFramer(64 * 1024);
+  #lines: string[] = [];
+  #ended = false;
+  #buffer = new Uint8Array(16 * 1024);
+
+  /** @returns the next line, or undefined at the end of input */
+  async next(): Promise<string | undefined> {
+    while (this.#lines.length === 0 && !this.#ended) {
+      const count = await Deno.stdin.read(this.#buffer);
+      const frames = count === null
+        ? this.#framer.end()
+        : this.#framer.push(this.#buffer.subarray(0, count));
+      if (count === null) this.#ended = true;
+      for (const frame of frames) {
+        if (frame !== LINE_TOO_LONG) this.#lines.push(frame);
+      }
+    }
+    return this.#lines.shift();
   }
 }
 
@@ -568,15 +630,9 @@ export class LineConsole {
   async #readPiped(
     onLine: (line: string) => void | Promise<void>,
   ): Promise<"end"> {
-    const buffer = new Uint8Array(16 * 1024);
-    const framer = new LineFramer(64 * 1024);
-    for (let count; (count = await Deno.stdin.read(buffer)) !== null;) {
-      for (const frame of framer.push(buffer.subarray(0, count))) {
-        if (frame !== LINE_TOO_LONG) await onLine(frame);
-      }
-    }
-    for (const frame of framer.end()) {
-      if (frame !== LINE_TOO_LONG) await onLine(frame);
+    const input = new StdinLines();
+    for (let line; (line = await input.next()) !== undefined;) {
+      await onLine(line);
     }
     return "end";
   }
