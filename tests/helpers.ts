@@ -7,7 +7,12 @@
  */
 
 import { encodeLine, LINE_TOO_LONG, LineFramer } from "../shared.ts";
-import { ChatServer, type ServerOptions } from "../server.ts";
+import {
+  ChatServer,
+  type InventoryOptions,
+  InventoryServer,
+  type ServerOptions,
+} from "../server.ts";
 import { UdpServer, type UdpServerOptions } from "../udp_server.ts";
 
 /** How long a test waits for a line before it fails. */
@@ -419,6 +424,28 @@ export class UdpPeer {
 export function startUdpServer(options: Partial<UdpServerOptions> = {}) {
   const log = new LineQueue();
   const server = UdpServer.start({
+    host: "127.0.0.1",
+    port: 0,
+    print: (line) => log.push(line),
+    ...options,
+  });
+  return {
+    server,
+    log,
+    port: server.addr.port,
+    [Symbol.asyncDispose]: () => server.stop(),
+  };
+}
+
+/**
+ * Starts an in-process inventory server on a free port of 127.0.0.1; its
+ * log lines go to `log`. `await using` stops it.
+ */
+export async function startInventory(
+  options: Partial<InventoryOptions> = {},
+) {
+  const log = new LineQueue();
+  const server = await InventoryServer.start({
     host: "127.0.0.1",
     port: 0,
     print: (line) => log.push(line),

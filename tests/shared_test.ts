@@ -128,20 +128,48 @@ Deno.test("flags: ports are checked, unknown options refused, defaults given", (
   assertEquals(parseClientArgs([]), {
     host: "localhost",
     port: 9999,
+    service: "chat",
     name: undefined,
+    request: undefined,
     help: false,
   });
+  const oneShot = parseClientArgs([
+    "-s",
+    "inventory",
+    "add",
+    "Green",
+    "Tea",
+    "5",
+  ]);
+  assertEquals([oneShot.host, oneShot.request], [
+    "localhost",
+    "add Green Tea 5",
+  ]);
+  const withHost = parseClientArgs([
+    "10.0.0.5",
+    "--service",
+    "inventory",
+    "view",
+  ]);
+  assertEquals([withHost.host, withHost.request], ["10.0.0.5", "view"]);
   assertEquals(
     parseClientArgs(["10.0.0.5", "-p", "7000", "-n", "amey"]).port,
     7000,
   );
   assertEquals(parseServerArgs(["--iterative", "--name", "teacher"]), {
     help: false,
+    service: "chat",
     port: 9999,
     host: "0.0.0.0",
     operatorName: "teacher",
     iterative: true,
+    dataFile: undefined,
   });
+  assertThrows(
+    () => parseServerArgs(["--data", "x.json"]),
+    UsageError,
+    "--data goes with --service inventory",
+  );
 });
 
 Deno.test("LineEditor edits a line in raw mode and reports Enter, Ctrl-C and Ctrl-D", () => {
