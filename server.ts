@@ -42,10 +42,12 @@ import {
   parseChoice,
   parseFlags,
   parsePort,
+  passwordMatches,
   privateLine,
   splitFirstWord,
   type Stock,
   TCP_SERVICES,
+  TokenBucket,
   UsageError,
   writeAll,
 } from "./shared.ts";
@@ -88,9 +90,34 @@ export interface ServerOptions {
   maxLineBytes: number;
   /** Bytes waiting for one client before it is dropped. @default 1 MiB */
   maxPendingBytes: number;
+  /** Connections at once; the next one is told the server is full. @default 1000 */
+  maxClients: number;
+  /** Lines a second each client may send; 0 turns the limit off. @default 20 */
+  rateLimit: number;
+  /** Lines a client may send at once before the rate limit. @default 40 */
+  burst: number;
+  /** Clients silent this long are disconnected; 0 is never. @default 0 */
+  idleTimeoutMs: number;
+  /** The password clients must send with /auth first, if any. */
+  password?: string;
+  /** A certificate and its key (PEM), to speak TLS. */
+  tls?: { cert: string; key: string };
   /** Prints one line of the console (log lines and chat lines). */
   print: (line: string) => void;
 }
+
+/** The limits that never bother normal use, and their defaults. */
+export const LIMITS = {
+  maxLineBytes: MAX_LINE_BYTES,
+  maxPendingBytes: MAX_PENDING_BYTES,
+  maxClients: 1000,
+  rateLimit: 20,
+  burst: 40,
+  idleTimeoutMs: 0,
+};
+
+/** Wrong passwords a connection may send before it is closed. */
+const PASSWORD_TRIES = 3;
 
 /** Why a client left. */
 export type LeaveReason =
@@ -99,6 +126,9 @@ export type LeaveReason =
   | "reset"
   | "kicked"
   | "too slow"
+  | "flooding"
+  | "idle"
+  | "wrong password"
   | "shutdown"
   | `error: ${string}`;
 
@@ -125,10 +155,14 @@ class Outbox {
     this.drained = this.#writeLoop();
   }
 
-  /** @returns false when the client has too much waiting already */
-  send(bytes: Uint8Array): boolean {
+  /**
+   * @param force queue it even past the cap (a last line)
+   * @returns false when the client has too much waiting already
+   */
+  send(bytes: Uint8Array, force = false): boolean {
     if (this.#finishing || this.#failed) return true;
-    if (this.#pendingBytes + bytes.length > this.maxPendingBytes) return false;
+    const full = this.#pendingBytes + bytes.length > this.maxPendingBytes;
+    if (full && !force) return false;
     this.#pending.push(bytes);
     this.#pendingBytes += bytes.length;
     this.#wakeWriter();
@@ -171,24 +205,63 @@ class Outbox {
 
 /** One connected client. */
 class Client {
+  /** Its name in the chat, once admitted (after /auth, with a password). */
+  name = "";
   /** Set once, when the client leaves, with the reason. */
   leftBecause?: LeaveReason;
   /** Settles when the connection is closed. */
   closed?: Promise<void>;
+  /** When its last line came (performance.now()), for --idle-timeout. */
+  lastHeard = performance.now();
+  wrongPasswords = 0;
   readonly outbox: Outbox;
 
   constructor(
     readonly conn: Deno.Conn,
-    public name: string,
     readonly address: string,
     maxPendingBytes: number,
     onWriteError: (client: Client, error: unknown) => void,
+    readonly flood?: FloodGuard,
   ) {
     this.outbox = new Outbox(
       conn,
       maxPendingBytes,
       (error) => onWriteError(this, error),
     );
+  }
+
+  /** Its name once admitted, its address before. */
+  get label(): string {
+    return this.name || this.address;
+  }
+}
+
+/** What to do with a line under the flood limit. */
+type FloodVerdict = "pass" | "warn" | "drop" | "disconnect";
+
+/**
+ * The flood limit of one client: lines beyond the rate (after a burst) are
+ * dropped, with one warning; a client that goes on dropping lines for
+ * `burst` lines, without a second's pause, is disconnected.
+ */
+class FloodGuard {
+  #bucket: TokenBucket;
+  #dropped = 0;
+  #lastDrop = -Infinity;
+
+  constructor(readonly rate: number, readonly burst: number) {
+    this.#bucket = new TokenBucket(rate, burst);
+  }
+
+  check(now = performance.now()): FloodVerdict {
+    if (this.#bucket.take(now)) {
+      if (now - this.#lastDrop > 1000) this.#dropped = 0;
+      return "pass";
+    }
+    this.#lastDrop = now;
+    this.#dropped++;
+    if (this.#dropped === 1) return "warn";
+    return this.#dropped > this.burst ? "disconnect" : "drop";
   }
 }
 
@@ -233,13 +306,21 @@ export class ChatServer {
   readonly listener: Deno.Listener;
   /** Settles when the server has stopped. */
   readonly finished: Promise<void>;
+  /** The clients in the chat, by name (ignoring case). */
   #clients = new Map<string, Client>();
+  /** Every connection, in the chat or not yet (before /auth). */
+  #connections = new Set<Client>();
   #guestNumber = 0;
+  #idleSweeper?: ReturnType<typeof setInterval>;
   #stopping?: Promise<void>;
 
   private constructor(options: ServerOptions, listener: Deno.Listener) {
     this.options = options;
     this.listener = listener;
+    if (options.idleTimeoutMs > 0) {
+      const every = Math.min(1000, options.idleTimeoutMs / 4);
+      this.#idleSweeper = setInterval(() => this.#dropIdleClients(), every);
+    }
     this.finished = acceptConnections(listener, {
       iterative: options.iterative,
       serve: (conn) => this.#serve(conn),
@@ -257,13 +338,12 @@ export class ChatServer {
       port: DEFAULT_PORT,
       operatorName: "server",
       iterative: false,
-      maxLineBytes: MAX_LINE_BYTES,
-      maxPendingBytes: MAX_PENDING_BYTES,
+      ...LIMITS,
       print: (line) => console.log(line),
       ...options,
     };
     // Create, bind and listen: the kernel now queues connecting clients.
-    const listener = Deno.listen({ hostname: full.host, port: full.port });
+    const listener = listen(full);
     return new ChatServer(full, listener);
   }
 
@@ -282,26 +362,43 @@ export class ChatServer {
   // -------------------------------------------------------------------------
 
   async #serve(conn: Deno.Conn): Promise<void> {
-    const client = this.#admit(conn);
+    const address = addressOf(conn);
+    this.#log(`connection from ${address}`);
+    if (this.#connections.size >= this.options.maxClients) {
+      return await refuseFull(
+        conn,
+        errorLine("server full"),
+        (text) => this.#log(text),
+      );
+    }
+    const { rateLimit, burst } = this.options;
+    const client = new Client(
+      conn,
+      address,
+      this.options.maxPendingBytes,
+      (client, error) => this.#leave(client, leaveReasonOf(error)),
+      rateLimit > 0 ? new FloodGuard(rateLimit, burst) : undefined,
+    );
+    this.#connections.add(client);
+    if (this.options.password) {
+      this.#sendTo(
+        client,
+        noticeLine("this server needs a password: send /auth PASSWORD"),
+      );
+    } else {
+      this.#admit(client);
+    }
     const reason = await this.#receiveLines(client);
     this.#leave(client, reason);
     await client.closed;
   }
 
-  #admit(conn: Deno.Conn): Client {
-    const peer = conn.remoteAddr as Deno.NetAddr;
-    const address = `${peer.hostname}:${peer.port}`;
-    const client = new Client(
-      conn,
-      this.#nextGuestName(),
-      address,
-      this.options.maxPendingBytes,
-      (client, error) => this.#leave(client, leaveReasonOf(error)),
-    );
-    this.#log(`connection from ${address}`);
+  /** Lets a client into the chat, under a guest name. */
+  #admit(client: Client): void {
+    client.name = this.#nextGuestName();
     const others = this.names;
     this.#clients.set(nameKey(client.name), client);
-    this.#log(`${client.name} joined from ${address}`);
+    this.#log(`${client.name} joined from ${client.address}`);
     if (this.options.iterative) {
       this.#log(
         `serving ${client.name} alone; other clients wait in the backlog until it leaves`,
@@ -309,7 +406,6 @@ export class ChatServer {
     }
     this.#sendWelcome(client, others);
     this.#broadcast(noticeLine(`${client.name} joined`), client);
-    return client;
   }
 
   #nextGuestName(): string {
@@ -364,6 +460,7 @@ export class ChatServer {
   #handleFrames(client: Client, frames: Frame[]): void {
     for (const frame of frames) {
       if (client.leftBecause) return;
+      client.lastHeard = performance.now();
       if (frame === LINE_TOO_LONG) {
         this.#sendTo(
           client,
@@ -371,10 +468,70 @@ export class ChatServer {
             `line too long (over ${this.options.maxLineBytes} bytes): it was not sent`,
           ),
         );
-        this.#log(`${client.name} sent a line that was too long`);
-      } else {
+        this.#log(`${client.label} sent a line that was too long`);
+      } else if (!client.name) {
+        this.#authenticate(client, frame);
+      } else if (this.#withinFloodLimit(client)) {
         this.#handleLine(client, frame);
       }
+    }
+  }
+
+  /** Applies the flood limit to one line: false when it is dropped. */
+  #withinFloodLimit(client: Client): boolean {
+    const verdict = client.flood?.check() ?? "pass";
+    if (verdict === "warn") {
+      const { rateLimit } = this.options;
+      this.#sendTo(
+        client,
+        errorLine(
+          `slow down: at most ${rateLimit} lines a second; lines beyond that are dropped`,
+        ),
+      );
+      this.#log(`${client.label} is flooding: lines dropped`);
+    } else if (verdict === "disconnect") {
+      this.#sendTo(client, errorLine("disconnected for flooding"));
+      this.#leave(client, "flooding");
+    }
+    return verdict === "pass";
+  }
+
+  /** Before /auth with the right password, a client may do nothing else. */
+  #authenticate(client: Client, line: string): void {
+    const input = parseChatInput(line);
+    if (input.kind === "empty") return;
+    if (input.kind !== "command" || input.command !== "/auth") {
+      return this.#sendTo(
+        client,
+        errorLine("authenticate first: /auth PASSWORD"),
+      );
+    }
+    // The password itself is never logged.
+    if (passwordMatches(input.rest, this.options.password ?? "")) {
+      this.#log(`${client.address} authenticated`);
+      return this.#admit(client);
+    }
+    client.wrongPasswords++;
+    this.#log(
+      `${client.address} sent a wrong password (${client.wrongPasswords} of ${PASSWORD_TRIES})`,
+    );
+    this.#sendTo(client, errorLine("wrong password"));
+    if (client.wrongPasswords >= PASSWORD_TRIES) {
+      this.#sendTo(
+        client,
+        errorLine("too many wrong passwords: disconnecting"),
+      );
+      this.#leave(client, "wrong password");
+    }
+  }
+
+  #dropIdleClients(): void {
+    const oldest = performance.now() - this.options.idleTimeoutMs;
+    for (const client of [...this.#connections]) {
+      if (client.lastHeard >= oldest) continue;
+      const seconds = this.options.idleTimeoutMs / 1000;
+      this.#sendTo(client, errorLine(`idle for ${seconds} s: disconnecting`));
+      this.#leave(client, "idle");
     }
   }
 
@@ -382,12 +539,13 @@ export class ChatServer {
   #leave(client: Client, reason: LeaveReason): void {
     if (client.leftBecause) return;
     client.leftBecause = reason;
-    this.#clients.delete(nameKey(client.name));
-    this.#log(`${client.name} left (${reason})`);
-    if (reason !== "shutdown") {
-      const why = reason === "kicked" || reason === "too slow"
-        ? ` (${reason})`
-        : "";
+    this.#connections.delete(client);
+    this.#log(`${client.label} left (${reason})`);
+    const inChat = this.#clients.get(nameKey(client.name)) === client;
+    if (inChat) this.#clients.delete(nameKey(client.name));
+    if (inChat && reason !== "shutdown") {
+      const plain = ["quit", "closed", "reset"].includes(reason);
+      const why = plain || reason.startsWith("error") ? "" : ` (${reason})`;
       this.#broadcast(noticeLine(`${client.name} left${why}`));
     }
     client.closed = closeAfterFlush(client);
@@ -515,7 +673,13 @@ export class ChatServer {
 
   #sendBytes(client: Client, bytes: Uint8Array): void {
     if (client.leftBecause) return;
-    if (!client.outbox.send(bytes)) this.#leave(client, "too slow");
+    if (client.outbox.send(bytes)) return;
+    // Past the cap: a last line, beyond it (it may never be read), then out.
+    client.outbox.send(
+      encodeLine(errorLine("too much unread output: disconnecting")),
+      true,
+    );
+    this.#leave(client, "too slow");
   }
 
   // -------------------------------------------------------------------------
@@ -584,12 +748,13 @@ export class ChatServer {
 
   async #stop(): Promise<void> {
     this.#log("shutting down");
+    clearInterval(this.#idleSweeper);
     try {
       this.listener.close();
     } catch {
       // Already closed.
     }
-    const clients = [...this.#clients.values()];
+    const clients = [...this.#connections];
     for (const client of clients) {
       this.#sendTo(client, noticeLine("server shutting down"));
       this.#leave(client, "shutdown");
@@ -636,6 +801,44 @@ async function closeAfterFlush(client: Client): Promise<void> {
   // Close: release the socket; the client sees the end of the stream.
   try {
     client.conn.close();
+  } catch {
+    // Already closed.
+  }
+}
+
+/** `HOST:PORT` of a connection's peer. */
+function addressOf(conn: Deno.Conn): string {
+  const peer = conn.remoteAddr as Deno.NetAddr;
+  return `${peer.hostname}:${peer.port}`;
+}
+
+/**
+ * Creates the listening socket: plain TCP, or TLS when a certificate is
+ * given (the handshake then happens on each connection's first read).
+ */
+function listen(
+  options: { host: string; port: number; tls?: { cert: string; key: string } },
+): Deno.Listener {
+  const { host: hostname, port, tls } = options;
+  return tls
+    ? Deno.listenTls({ hostname, port, cert: tls.cert, key: tls.key })
+    : Deno.listen({ hostname, port });
+}
+
+/** Tells a connection over the --max-clients limit, and closes it. */
+async function refuseFull(
+  conn: Deno.Conn,
+  reply: string,
+  log: (text: string) => void,
+): Promise<void> {
+  log(`refused ${addressOf(conn)}: server full`);
+  try {
+    await writeAll(conn, encodeLine(reply));
+  } catch {
+    // It has gone already.
+  }
+  try {
+    conn.close();
   } catch {
     // Already closed.
   }

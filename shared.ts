@@ -10,6 +10,7 @@
  * @module
  */
 
+import { createHash, timingSafeEqual } from "node:crypto";
 import * as stdColors from "@std/fmt/colors";
 import { parseArgs } from "@std/cli/parse-args";
 
@@ -274,6 +275,50 @@ export type Stock = Record<string, number>;
 export type InventoryReply =
   | { ok: true; message?: string; inventory?: Stock }
   | { ok: false; error: string };
+
+// ---------------------------------------------------------------------------
+// Limits and passwords
+// ---------------------------------------------------------------------------
+
+/**
+ * A rate limit that allows bursts: `burst` tokens, refilled at `rate` a
+ * second; each line (or datagram) takes one, and none is left in a flood.
+ */
+export class TokenBucket {
+  #tokens: number;
+  #last: number;
+
+  constructor(
+    readonly rate: number,
+    readonly burst: number,
+    now = performance.now(),
+  ) {
+    this.#tokens = burst;
+    this.#last = now;
+  }
+
+  /** @returns true when a token was taken, false when there is none */
+  take(now = performance.now()): boolean {
+    const refill = (now - this.#last) * this.rate / 1000;
+    this.#tokens = Math.min(this.burst, this.#tokens + refill);
+    this.#last = now;
+    if (this.#tokens < 1) return false;
+    this.#tokens -= 1;
+    return true;
+  }
+}
+
+/**
+ * Compares a password with the expected one in constant time: both are
+ * hashed first, so neither the time taken nor the lengths tell anything.
+ */
+export function passwordMatches(given: string, expected: string): boolean {
+  const digest = (text: string) => createHash("sha256").update(text).digest();
+  return timingSafeEqual(digest(given), digest(expected));
+}
+
+/** The environment variable that can hold the password. */
+export const PASSWORD_VARIABLE = "SOCKLAB_PASSWORD";
 
 // ---------------------------------------------------------------------------
 // Names
