@@ -799,8 +799,13 @@ async function closeAfterFlush(client: Client): Promise<void> {
   await Promise.race([client.outbox.drained, timeout]);
   clearTimeout(timer);
   // Close: release the socket; the client sees the end of the stream.
+  closeQuietly(client.conn);
+}
+
+/** Closes a connection that may be closed already. */
+function closeQuietly(conn: Deno.Conn): void {
   try {
-    client.conn.close();
+    conn.close();
   } catch {
     // Already closed.
   }
@@ -837,11 +842,7 @@ async function refuseFull(
   } catch {
     // It has gone already.
   }
-  try {
-    conn.close();
-  } catch {
-    // Already closed.
-  }
+  closeQuietly(conn);
 }
 
 /** The leave reason for an error from a client's socket. */
@@ -1019,10 +1020,27 @@ export interface InventoryOptions {
   iterative: boolean;
   /** The longest request line, in bytes. @default 4096 */
   maxLineBytes: number;
+  /** Connections at once; the next one is told the server is full. @default 1000 */
+  maxClients: number;
+  /** Connections silent this long are closed; 0 is never. @default 0 */
+  idleTimeoutMs: number;
+  /** The password clients must send with /auth first, if any. */
+  password?: string;
+  /** A certificate and its key (PEM), to speak TLS. */
+  tls?: { cert: string; key: string };
   /** The file that keeps the stock; without one, it lives in memory. */
   dataFile?: string;
   /** Prints one log line. */
   print: (line: string) => void;
+}
+
+/** One connection to the inventory service. */
+interface Customer {
+  conn: Deno.Conn;
+  address: string;
+  lastHeard: number;
+  authenticated: boolean;
+  wrongPasswords: number;
 }
 
 /** A running inventory server. */
@@ -1033,7 +1051,8 @@ export class InventoryServer {
   readonly finished: Promise<void>;
   readonly #inventory: Inventory;
   readonly #dataFile?: DataFile;
-  readonly #connections = new Set<Deno.Conn>();
+  readonly #connections = new Set<Customer>();
+  #idleSweeper?: ReturnType<typeof setInterval>;
   #stopping?: Promise<void>;
 
   private constructor(
@@ -1044,6 +1063,10 @@ export class InventoryServer {
     this.options = options;
     this.listener = listener;
     this.#inventory = inventory;
+    if (options.idleTimeoutMs > 0) {
+      const every = Math.min(1000, options.idleTimeoutMs / 4);
+      this.#idleSweeper = setInterval(() => this.#closeIdle(), every);
+    }
     if (options.dataFile) this.#dataFile = new DataFile(options.dataFile);
     this.finished = acceptConnections(listener, {
       iterative: options.iterative,
@@ -1064,13 +1087,15 @@ export class InventoryServer {
       host: "0.0.0.0",
       port: DEFAULT_PORT,
       iterative: false,
-      maxLineBytes: MAX_LINE_BYTES,
+      maxLineBytes: LIMITS.maxLineBytes,
+      maxClients: LIMITS.maxClients,
+      idleTimeoutMs: LIMITS.idleTimeoutMs,
       print: (line) => console.log(line),
       ...options,
     };
     const stock = full.dataFile ? await loadStock(full.dataFile) : {};
     // Create, bind and listen.
-    const listener = Deno.listen({ hostname: full.host, port: full.port });
+    const listener = listen(full);
     return new InventoryServer(full, listener, new Inventory(stock));
   }
 
@@ -1081,43 +1106,89 @@ export class InventoryServer {
 
   /** One connection: any number of requests, each answered in turn. */
   async #serve(conn: Deno.Conn): Promise<void> {
-    const peer = conn.remoteAddr as Deno.NetAddr;
-    const address = `${peer.hostname}:${peer.port}`;
-    this.#connections.add(conn);
+    const address = addressOf(conn);
     this.#log(`connection from ${address}`);
+    if (this.#connections.size >= this.options.maxClients) {
+      const full = JSON.stringify(failure("server full"));
+      return await refuseFull(conn, full, (text) => this.#log(text));
+    }
+    const customer: Customer = {
+      conn,
+      address,
+      lastHeard: performance.now(),
+      authenticated: !this.options.password,
+      wrongPasswords: 0,
+    };
+    this.#connections.add(customer);
     const buffer = new Uint8Array(16 * 1024);
     const framer = new LineFramer(this.options.maxLineBytes);
     let reason = "closed";
     try {
       // Receive: bytes, framed into request lines.
-      for (let count; (count = await conn.read(buffer)) !== null;) {
+      reading: for (let count; (count = await conn.read(buffer)) !== null;) {
         for (const frame of framer.push(buffer.subarray(0, count))) {
-          await this.#answer(conn, address, frame);
+          await this.#answer(customer, frame);
+          if (customer.wrongPasswords >= PASSWORD_TRIES) {
+            reason = "wrong password";
+            break reading;
+          }
         }
       }
-      for (const frame of framer.end()) {
-        await this.#answer(conn, address, frame);
+      if (reason === "closed") {
+        for (const frame of framer.end()) await this.#answer(customer, frame);
       }
     } catch (error) {
       reason = this.#stopping ? "shutdown" : leaveReasonOf(error);
     }
-    this.#connections.delete(conn);
+    this.#connections.delete(customer);
     this.#log(`${address} disconnected (${reason})`);
-    try {
-      conn.close();
-    } catch {
-      // Already closed.
-    }
+    closeQuietly(conn);
   }
 
   /** Answers one request line with one JSON line. */
-  async #answer(conn: Deno.Conn, address: string, frame: Frame) {
+  async #answer(customer: Customer, frame: Frame): Promise<void> {
     if (frame !== LINE_TOO_LONG && frame.trim() === "") return;
+    customer.lastHeard = performance.now();
     const reply = frame === LINE_TOO_LONG
       ? failure(`request too long (over ${this.options.maxLineBytes} bytes)`)
-      : await this.#serveRequest(address, frame);
+      : customer.authenticated
+      ? await this.#serveRequest(customer.address, frame)
+      : this.#authenticate(customer, frame);
     // Send: the reply, after the change is safely on disk.
-    await writeAll(conn, encodeLine(JSON.stringify(reply)));
+    await writeAll(customer.conn, encodeLine(JSON.stringify(reply)));
+  }
+
+  /** Before /auth with the right password, a client may do nothing else. */
+  #authenticate(customer: Customer, line: string): InventoryReply {
+    const [command, password] = splitFirstWord(line.trim());
+    if (command.toLowerCase() !== "/auth") {
+      return failure("authenticate first: /auth PASSWORD");
+    }
+    if (passwordMatches(password, this.options.password ?? "")) {
+      customer.authenticated = true;
+      this.#log(`${customer.address} authenticated`);
+      return { ok: true, message: "authenticated" };
+    }
+    customer.wrongPasswords++;
+    this.#log(
+      `${customer.address} sent a wrong password (${customer.wrongPasswords} of ${PASSWORD_TRIES})`,
+    );
+    return failure("wrong password");
+  }
+
+  #closeIdle(): void {
+    const oldest = performance.now() - this.options.idleTimeoutMs;
+    for (const customer of this.#connections) {
+      if (customer.lastHeard >= oldest) continue;
+      this.#log(`${customer.address} was idle: closing`);
+      const idle = failure(
+        `idle for ${this.options.idleTimeoutMs / 1000} s: disconnecting`,
+      );
+      writeAll(customer.conn, encodeLine(JSON.stringify(idle)))
+        .catch(() => {})
+        .finally(() => closeQuietly(customer.conn));
+      this.#connections.delete(customer);
+    }
   }
 
   async #serveRequest(address: string, line: string): Promise<InventoryReply> {
@@ -1169,15 +1240,12 @@ export class InventoryServer {
 
   async #stop(): Promise<void> {
     this.#log("shutting down");
+    clearInterval(this.#idleSweeper);
     this.listener.close();
     await this.finished;
     await this.#dataFile?.idle();
-    for (const conn of this.#connections) {
-      try {
-        conn.close();
-      } catch {
-        // Already closed.
-      }
+    for (const { conn } of this.#connections) {
+      closeQuietly(conn);
     }
     this.#log("stopped");
   }
