@@ -11,10 +11,12 @@
  * @module
  */
 
+import { promptSecret } from "@std/cli/prompt-secret";
 import {
   argsOrExit,
   askName,
   chooseColors,
+  cleanText,
   DEFAULT_PORT,
   encodeLine,
   type Frame,
@@ -32,6 +34,8 @@ import {
   parseChoice,
   parseFlags,
   parsePort,
+  PASSWORD_VARIABLE,
+  passwordFrom,
   StdinLines,
   type Stock,
   TCP_SERVICES,
@@ -39,6 +43,10 @@ import {
   UsageError,
   writeAll,
 } from "./shared.ts";
+
+/** What the chat server says when it needs a password, or got a wrong one. */
+const PASSWORD_NEEDED = "* this server needs a password: send /auth PASSWORD";
+const WRONG_PASSWORD = "! wrong password";
 
 /** How long a silent server is waited for before telling why it may be. */
 const NO_WELCOME_HINT_MS = 1500;
@@ -58,6 +66,9 @@ OPTIONS:
   -p, --port <PORT>      The server's port (default ${DEFAULT_PORT})
   -n, --name <NAME>      Your name in the chat (without it, you are asked)
   -s, --service <NAME>   chat or inventory (default chat)
+      --tls              Speak TLS, and check the server's certificate
+      --ca <FILE>        Trust this certificate (a self-signed server's); implies --tls
+      --password <SECRET> The server's password; or set SOCKLAB_PASSWORD; or you are asked
   -h, --help             Show this help
 
 In the chat, /help lists the commands. Leave with /quit, Ctrl-D or Ctrl-C.
@@ -78,6 +89,12 @@ export interface ClientOptions {
   name?: string;
   /** Inventory: one request (like `add Soap 200`) to send, then exit. */
   request?: string;
+  /** Speak TLS, and check the server's certificate. */
+  tls: boolean;
+  /** A certificate file to trust (a self-signed server's). */
+  caFile?: string;
+  /** The password, from --password or SOCKLAB_PASSWORD. */
+  password?: string;
   /** Print the usage and stop. */
   help: boolean;
 }
@@ -90,8 +107,8 @@ const INVENTORY_ACTIONS = ["add", "remove", "view", "help"];
  */
 export function parseClientArgs(args: string[]): ClientOptions {
   const flags = parseFlags(args, {
-    string: ["port", "name", "service"],
-    boolean: ["help"],
+    string: ["port", "name", "service", "ca", "password"],
+    boolean: ["help", "tls"],
     alias: { p: "port", n: "name", s: "service", h: "help" },
     default: { port: String(DEFAULT_PORT), service: "chat" },
   });
@@ -114,6 +131,9 @@ export function parseClientArgs(args: string[]): ClientOptions {
     service,
     name,
     request: words.length > 0 ? words.join(" ") : undefined,
+    tls: flags.tls === true || flags.ca !== undefined,
+    caFile: flags.ca === undefined ? undefined : String(flags.ca),
+    password: passwordFrom(flags.password),
     help: flags.help === true,
   };
 }
@@ -132,6 +152,8 @@ interface Ending {
 class ChatSession {
   /** Set when we asked to leave, so the server closing is expected. */
   leaving = false;
+  /** The password sent with /auth, if any. */
+  password?: string;
   #stopped = false;
 
   constructor(
@@ -202,8 +224,26 @@ class ChatSession {
 
   #printFrames(frames: Frame[]): void {
     for (const frame of frames) {
-      if (frame !== LINE_TOO_LONG) this.console.print(paintChatLine(frame));
+      if (frame === LINE_TOO_LONG) continue;
+      // Whoever the server is, its lines cannot move our cursor.
+      const line = cleanText(frame);
+      this.console.print(paintChatLine(line));
+      if (line === PASSWORD_NEEDED && !this.password) this.#askPassword();
+      if (line === WRONG_PASSWORD) this.#askPassword();
     }
+  }
+
+  /** Asks for the password without echo, and sends it with /auth. */
+  async #askPassword(): Promise<void> {
+    const password = await this.console.readSecret("Password: ");
+    if (password === undefined) {
+      const error = this.password
+        ? `The server "${this.target}" refused the password`
+        : `The server "${this.target}" needs a password: give it with --password or ${PASSWORD_VARIABLE}`;
+      return this.stop({ code: 1, error });
+    }
+    this.password = password;
+    await this.send(`/auth ${password}`).catch(() => {});
   }
 
   /** Closes the connection and ends the program. */
@@ -231,13 +271,42 @@ async function sendLine(session: ChatSession, line: string): Promise<void> {
  * Create a socket and connect it to the server.
  * @throws {Error} with a one-line reason when that fails
  */
-export async function connect(host: string, port: number): Promise<Deno.Conn> {
+export async function connect(
+  host: string,
+  port: number,
+  tls?: { caCerts?: string[] },
+): Promise<Deno.Conn> {
+  let conn;
   try {
-    return await Deno.connect({ hostname: host, port });
+    if (!tls) return await Deno.connect({ hostname: host, port });
+    conn = await Deno.connectTls({ hostname: host, port, ...tls });
+    // Check the server's certificate now, not at the first read.
+    await conn.handshake();
+    return conn;
   } catch (error) {
+    if (conn) closeQuietly(conn);
     throw new Error(
       `Cannot connect to "${host}:${port}": ${networkReason(error)}`,
     );
+  }
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Already closed.
+  }
+}
+
+/** Reads the --ca file, or exits with a clear message. */
+async function trustedCertificates(caFile?: string) {
+  if (caFile === undefined) return undefined;
+  try {
+    return [await Deno.readTextFile(caFile)];
+  } catch (error) {
+    console.error(`Cannot read "${caFile}": ${(error as Error).message}`);
+    Deno.exit(1);
   }
 }
 
@@ -255,13 +324,40 @@ class InventoryConnection {
   #lines: string[] = [];
   #buffer = new Uint8Array(64 * 1024);
 
-  constructor(readonly conn: Deno.Conn, readonly target: string) {}
+  constructor(
+    readonly conn: Deno.Conn,
+    readonly target: string,
+    public password?: string,
+  ) {}
 
   /**
-   * Sends one request line and reads its reply.
+   * Sends one request and reads its reply. When the server asks for a
+   * password first, sends it (asking for it on a terminal), then the
+   * request again.
    * @throws {Error} with a one-line reason when the connection fails
    */
   async request(line: string): Promise<InventoryReply> {
+    const reply = await this.#exchange(line);
+    if (reply.ok || reply.error !== AUTHENTICATE_FIRST) return reply;
+    this.password ??= askSecret("Password:");
+    if (this.password === undefined) {
+      throw new Error(
+        `The server "${this.target}" needs a password: give it with --password or ${PASSWORD_VARIABLE}`,
+      );
+    }
+    await this.authenticate();
+    return await this.#exchange(line);
+  }
+
+  /** Sends the password with /auth. @throws {Error} when it is refused */
+  async authenticate(): Promise<void> {
+    const reply = await this.#exchange(`/auth ${this.password}`);
+    if (!reply.ok) {
+      throw new Error(`The server "${this.target}" refused the password`);
+    }
+  }
+
+  async #exchange(line: string): Promise<InventoryReply> {
     try {
       await writeAll(this.conn, encodeLine(line));
       const reply = JSON.parse(await this.#nextLine());
@@ -296,6 +392,19 @@ class InventoryConnection {
     }
     return this.#lines.shift()!;
   }
+}
+
+/** The inventory's reply to a request before /auth. */
+const AUTHENTICATE_FIRST = "authenticate first: /auth PASSWORD";
+
+/** Asks for a secret on a terminal, without echo; undefined elsewhere. */
+function askSecret(question: string): string | undefined {
+  if (!Deno.stdin.isTerminal()) return undefined;
+  const ask = promptSecret as (
+    message: string,
+    options?: { mask?: string },
+  ) => string | null;
+  return ask(question, { mask: "*" }) ?? undefined;
 }
 
 /** The stock as an aligned table, items in alphabetical order. */
@@ -398,8 +507,10 @@ async function inventory(conn: Deno.Conn, options: ClientOptions) {
   const connection = new InventoryConnection(
     conn,
     `${options.host}:${options.port}`,
+    options.password,
   );
   try {
+    if (options.password) await connection.authenticate();
     return options.request === undefined
       ? await inventoryMenu(connection)
       : printReply(await connection.request(options.request));
@@ -413,9 +524,12 @@ async function main(): Promise<void> {
   const options = argsOrExit(parseClientArgs, USAGE);
   chooseColors();
 
+  const tls = options.tls
+    ? { caCerts: await trustedCertificates(options.caFile) }
+    : undefined;
   let conn;
   try {
-    conn = await connect(options.host, options.port);
+    conn = await connect(options.host, options.port, tls);
   } catch (error) {
     console.error((error as Error).message);
     Deno.exit(1);
@@ -435,6 +549,10 @@ async function main(): Promise<void> {
   );
   Deno.addSignalListener("SIGINT", () => session.leave());
 
+  session.password = options.password;
+  if (options.password) {
+    await session.send(`/auth ${options.password}`).catch(() => {});
+  }
   if (name) await session.send(`/nick ${name}`).catch(() => {});
   // Typing and receiving run at the same time: no turn-taking.
   session.console.readLines((line) => sendLine(session, line))

@@ -40,8 +40,11 @@ import {
   onStopSignals,
   parseChatInput,
   parseChoice,
+  type ParsedFlags,
   parseFlags,
+  parseNumberFlag,
   parsePort,
+  passwordFrom,
   passwordMatches,
   privateLine,
   splitFirstWord,
@@ -68,7 +71,23 @@ OPTIONS:
       --host <HOST>   Address to listen on (default 0.0.0.0: every interface)
   -n, --name <NAME>   The operator's name in the chat (default "server")
   -i, --iterative     Serve one client at a time; the others wait their turn
+  -s, --service <chat|inventory>  The service (default chat)
+      --data <FILE>   Inventory: keep the stock in FILE, saved after every change
   -h, --help          Show this help
+
+SECURITY (see the README):
+      --tls-cert <FILE>          Speak TLS, with this certificate (PEM)
+      --tls-key <FILE>           ... and its private key (PEM)
+      --password <SECRET>        Clients must send "/auth SECRET" first; or set
+                                 SOCKLAB_PASSWORD, which stays out of the process list
+
+LIMITS (the defaults never bother normal use):
+      --max-line <BYTES>         Longest line a client may send (default 4096)
+      --max-clients <N>          Connections at once (default 1000)
+      --max-pending <BYTES>      Unread output before a client is dropped (default 1048576)
+      --rate-limit <N>           Chat: lines a second per client; 0 is no limit (default 20)
+      --burst <N>                Chat: lines at once above the rate (default 40)
+      --idle-timeout <SECONDS>   Disconnect clients silent this long (default: never)
 
 CONSOLE (what you type into the server):
   TEXT                Send TEXT to every client, as <NAME> TEXT
@@ -574,6 +593,15 @@ export class ChatServer {
       case "/quit":
         this.#sendTo(client, noticeLine("bye"));
         return this.#leave(client, "quit");
+      case "/auth":
+        return this.#sendTo(
+          client,
+          noticeLine(
+            this.options.password
+              ? "you are in already"
+              : "this server needs no password",
+          ),
+        );
       default:
         this.#sendTo(
           client,
@@ -1151,9 +1179,11 @@ export class InventoryServer {
     customer.lastHeard = performance.now();
     const reply = frame === LINE_TOO_LONG
       ? failure(`request too long (over ${this.options.maxLineBytes} bytes)`)
-      : customer.authenticated
-      ? await this.#serveRequest(customer.address, frame)
-      : this.#authenticate(customer, frame);
+      : !customer.authenticated
+      ? this.#authenticate(customer, frame)
+      : /^\/auth\b/i.test(frame.trim())
+      ? { ok: true as const, message: "authenticated already" }
+      : await this.#serveRequest(customer.address, frame);
     // Send: the reply, after the change is safely on disk.
     await writeAll(customer.conn, encodeLine(JSON.stringify(reply)));
   }
@@ -1389,7 +1419,17 @@ class DataFile {
  */
 export function parseServerArgs(args: string[]): ServerArgs {
   const flags = parseFlags(args, {
-    string: ["port", "host", "name", "service", "data"],
+    string: [
+      "port",
+      "host",
+      "name",
+      "service",
+      "data",
+      "tls-cert",
+      "tls-key",
+      "password",
+      ...Object.keys(LIMIT_FLAGS),
+    ],
     boolean: ["iterative", "help"],
     alias: { p: "port", n: "name", i: "iterative", s: "service", h: "help" },
     default: {
@@ -1411,6 +1451,11 @@ export function parseServerArgs(args: string[]): ServerArgs {
     throw new UsageError("--data goes with --service inventory");
   }
   if (dataFile === "") throw new UsageError("--data needs a file name");
+  const certFile = flags["tls-cert"] as string | undefined;
+  const keyFile = flags["tls-key"] as string | undefined;
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    throw new UsageError("--tls-cert and --tls-key go together");
+  }
   return {
     help: flags.help === true,
     service,
@@ -1419,11 +1464,43 @@ export function parseServerArgs(args: string[]): ServerArgs {
     operatorName,
     iterative: flags.iterative === true,
     dataFile,
+    tlsFiles: certFile && keyFile ? { certFile, keyFile } : undefined,
+    password: passwordFrom(flags.password),
+    ...parseLimits(flags),
   };
 }
 
+/** The limit flags: each option's name, and the flag's unit and range. */
+const LIMIT_FLAGS = {
+  "max-line": { option: "maxLineBytes", min: 16, max: 1 << 24, scale: 1 },
+  "max-pending": {
+    option: "maxPendingBytes",
+    min: 1024,
+    max: 1 << 30,
+    scale: 1,
+  },
+  "max-clients": { option: "maxClients", min: 1, max: 1_000_000, scale: 1 },
+  "rate-limit": { option: "rateLimit", min: 0, max: 1_000_000, scale: 1 },
+  burst: { option: "burst", min: 1, max: 1_000_000, scale: 1 },
+  "idle-timeout": { option: "idleTimeoutMs", min: 0, max: 86_400, scale: 1000 },
+} as const;
+
+/** Reads the limit flags given; the others keep their defaults. */
+function parseLimits(flags: ParsedFlags): Partial<typeof LIMITS> {
+  const limits: Partial<Record<keyof typeof LIMITS, number>> = {};
+  for (
+    const [flag, { option, min, max, scale }] of Object.entries(LIMIT_FLAGS)
+  ) {
+    if (flags[flag] === undefined) continue;
+    const whole = scale === 1;
+    limits[option] = parseNumberFlag(flag, flags[flag], { min, max, whole }) *
+      scale;
+  }
+  return limits;
+}
+
 /** What server.ts was asked to do. */
-export interface ServerArgs {
+export interface ServerArgs extends Partial<typeof LIMITS> {
   help: boolean;
   service: typeof TCP_SERVICES[number];
   host: string;
@@ -1431,6 +1508,8 @@ export interface ServerArgs {
   operatorName: string;
   iterative: boolean;
   dataFile?: string;
+  tlsFiles?: { certFile: string; keyFile: string };
+  password?: string;
 }
 
 /** The banner: where the server listens and how others can connect. */
@@ -1444,13 +1523,25 @@ export function bannerLines(server: ChatServer | InventoryServer): string[] {
     inventory ? " --service inventory" : ""
   }`;
   const title = inventory ? "inventory service" : "chat server";
+  const { tls, password } = server.options;
+  const clientFlags = tls ? `${flags} --tls --ca CERT.pem` : flags;
+  const ncCommand = (address: string) =>
+    tls
+      ? `openssl s_client -quiet -connect ${address}:${port}`
+      : `nc ${address} ${port}`;
   return [
-    `socklab ${title} (${mode}) listening on ${hostname}:${port}`,
+    `socklab ${title} (${mode}) listening on ${hostname}:${port}` +
+    (tls ? ", with TLS" : ""),
     ...connectionHints(
       hostname,
       (address) =>
-        `deno run -A client.ts ${address}${flags}    or    nc ${address} ${port}`,
+        `deno run -A client.ts ${address}${clientFlags}    or    ${
+          ncCommand(address)
+        }`,
     ),
+    ...(password
+      ? ["A password is set: clients must send /auth PASSWORD first."]
+      : []),
     server instanceof InventoryServer
       ? inventoryStorageLine(server.options.dataFile)
       : `Type here to chat as "${server.options.operatorName}"; /who, /kick NAME, /quit. Ctrl-C stops the server.`,
@@ -1473,17 +1564,33 @@ async function readConsole(terminal: LineConsole, server: ChatServer) {
   terminal.print(`${clockTime()} console input ended; the server goes on`);
 }
 
+/** Reads the certificate and key files, or exits with a clear message. */
+async function readTlsFiles(
+  { certFile, keyFile }: { certFile: string; keyFile: string },
+): Promise<{ cert: string; key: string }> {
+  const read = async (file: string) => {
+    try {
+      return await Deno.readTextFile(file);
+    } catch (error) {
+      console.error(`Cannot read "${file}": ${fileReason(error)}`);
+      Deno.exit(1);
+    }
+  };
+  return { cert: await read(certFile), key: await read(keyFile) };
+}
+
 async function main(): Promise<void> {
   const options = argsOrExit(parseServerArgs, USAGE);
   // The chat's operator types into the console; the inventory has none.
   const terminal = options.service === "chat" ? new LineConsole() : undefined;
   const print = (line: string) =>
     terminal ? terminal.print(line) : console.log(line);
+  const tls = options.tlsFiles && await readTlsFiles(options.tlsFiles);
   let server;
   try {
     server = options.service === "chat"
-      ? ChatServer.start({ ...options, print })
-      : await InventoryServer.start({ ...options, print });
+      ? ChatServer.start({ ...options, tls, print })
+      : await InventoryServer.start({ ...options, tls, print });
   } catch (error) {
     console.error(
       error instanceof DataFileError

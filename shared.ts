@@ -320,6 +320,25 @@ export function passwordMatches(given: string, expected: string): boolean {
 /** The environment variable that can hold the password. */
 export const PASSWORD_VARIABLE = "SOCKLAB_PASSWORD";
 
+/**
+ * The password from --password, or else from the SOCKLAB_PASSWORD
+ * environment variable, which keeps it out of the process list.
+ */
+export function passwordFrom(flag: unknown): string | undefined {
+  const password = flag === undefined ? readPasswordVariable() : String(flag);
+  if (password === "") throw new UsageError("The password cannot be empty");
+  return password;
+}
+
+function readPasswordVariable(): string | undefined {
+  try {
+    return Deno.env.get(PASSWORD_VARIABLE);
+  } catch {
+    // No permission to read it (run with --allow-env=SOCKLAB_PASSWORD).
+    return undefined;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------
@@ -458,8 +477,11 @@ export class LineEditor {
   #text = "";
   #decoder = new TextDecoder();
 
+  /** Shows `*` for each character typed, for a password. */
+  masked = false;
+
   /** @param prompt shown before the line being typed */
-  constructor(readonly prompt = "> ") {}
+  constructor(public prompt = "> ") {}
 
   /** The line typed so far. */
   get text(): string {
@@ -515,7 +537,7 @@ export class LineEditor {
    */
   render(columns: number): string {
     const room = Math.max(columns - this.prompt.length - 2, 8);
-    const chars = Array.from(this.#text);
+    const chars = Array.from(this.#text).map((c) => this.masked ? "*" : c);
     let shown = "";
     let width = 0;
     for (let i = chars.length - 1; i >= 0; i--) {
@@ -610,6 +632,7 @@ export class StdinLines {
 export class LineConsole {
   /** The line editor, when both stdin and stdout are a terminal. */
   readonly editor?: LineEditor;
+  #secretWaiter?: { prompt: string; resolve: (answer: string) => void };
 
   /** @param prompt shown before the line being typed, on a terminal */
   constructor(prompt = "> ") {
@@ -663,6 +686,14 @@ export class LineConsole {
     for (let count; (count = await Deno.stdin.read(buffer)) !== null;) {
       for (const event of editor.feed(buffer.subarray(0, count))) {
         if (event.kind !== "line") return event.kind;
+        const secret = this.#secretWaiter;
+        if (secret) {
+          this.#secretWaiter = undefined;
+          [editor.prompt, editor.masked] = [secret.prompt, false];
+          writeOut("\r\x1b[K");
+          secret.resolve(event.text);
+          continue;
+        }
         // Leave the line on the screen as it was sent.
         writeOut(`\r\x1b[K${paintDim(editor.prompt)}${event.text}\n`);
         await onLine(event.text);
@@ -670,6 +701,21 @@ export class LineConsole {
       writeOut(editor.render(terminalColumns()));
     }
     return "end";
+  }
+
+  /**
+   * Asks for a secret on the terminal while lines are being read: the next
+   * line typed is the answer, shown as `*` and never printed.
+   * @returns the answer, or undefined when there is no terminal to ask on
+   */
+  readSecret(question: string): Promise<string | undefined> {
+    const editor = this.editor;
+    if (!editor) return Promise.resolve(undefined);
+    return new Promise((resolve) => {
+      this.#secretWaiter = { prompt: editor.prompt, resolve };
+      [editor.prompt, editor.masked] = [question, true];
+      writeOut(editor.render(terminalColumns()));
+    });
   }
 
   async #readPiped(
@@ -885,11 +931,37 @@ export function networkReason(error: unknown): string {
   }
   if (error instanceof Deno.errors.TimedOut) return "timed out";
   const message = error instanceof Error ? error.message : String(error);
+  const tls = tlsReason(message);
+  if (tls) return tls;
   if (/lookup|resolve|name or service|nodename|no such host/i.test(message)) {
     return "unknown host";
   }
   if (/unreachable/i.test(message)) return "network unreachable";
   return message;
+}
+
+/** Says in words what a TLS error message from rustls means, if it is one. */
+function tlsReason(message: string): string | undefined {
+  if (
+    /UnknownIssuer|invalid peer certificate: (BadSignature|Other)/.test(message)
+  ) {
+    return "the server's TLS certificate is not trusted (for a self-signed " +
+      "certificate, give it with --ca cert.pem)";
+  }
+  if (/NotValidForName/.test(message)) {
+    return "the server's TLS certificate is not for this host name (connect " +
+      "with a name or address it lists)";
+  }
+  if (/Expired|NotValidYet/.test(message)) {
+    return "the server's TLS certificate has expired or is not valid yet";
+  }
+  if (/InvalidContentType|corrupt message|WrongVersion/i.test(message)) {
+    return "the server does not speak TLS (leave out --tls and --ca)";
+  }
+  if (/invalid peer certificate|certificate/i.test(message)) {
+    return `TLS certificate problem: ${message}`;
+  }
+  return undefined;
 }
 
 /** Is this error one the network gives when a peer goes away? */
