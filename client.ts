@@ -11,10 +11,10 @@
  * @module
  */
 
-import { promptSecret } from "@std/cli/prompt-secret";
 import {
   argsOrExit,
   askName,
+  askSecret,
   chooseColors,
   cleanText,
   DEFAULT_PORT,
@@ -396,16 +396,6 @@ class InventoryConnection {
 
 /** The inventory's reply to a request before /auth. */
 const AUTHENTICATE_FIRST = "authenticate first: /auth PASSWORD";
-
-/** Asks for a secret on a terminal, without echo; undefined elsewhere. */
-function askSecret(question: string): string | undefined {
-  if (!Deno.stdin.isTerminal()) return undefined;
-  const ask = promptSecret as (
-    message: string,
-    options?: { mask?: string },
-  ) => string | null;
-  return ask(question, { mask: "*" }) ?? undefined;
-}
 
 /** The stock as an aligned table, items in alphabetical order. */
 export function stockTable(stock: Stock): string[] {

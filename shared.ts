@@ -13,6 +13,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import * as stdColors from "@std/fmt/colors";
 import { parseArgs } from "@std/cli/parse-args";
+import { promptSecret } from "@std/cli/prompt-secret";
 
 /** The port the lab uses, for TCP and for UDP. */
 export const DEFAULT_PORT = 9999;
@@ -883,6 +884,16 @@ export function askName(): string | undefined {
     if (!problem) return answer;
     console.log(paintError(problem));
   }
+}
+
+/** Asks for a secret on a terminal, without echo; undefined elsewhere. */
+export function askSecret(question: string): string | undefined {
+  if (!Deno.stdin.isTerminal()) return undefined;
+  const ask = promptSecret as (
+    message: string,
+    options?: { mask?: string },
+  ) => string | null;
+  return ask(question, { mask: "*" }) ?? undefined;
 }
 
 /**

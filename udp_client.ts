@@ -17,7 +17,9 @@
 import {
   argsOrExit,
   askName,
+  askSecret,
   chooseColors,
+  cleanText,
   DEFAULT_PORT,
   encodeLine,
   LineConsole,
@@ -31,6 +33,8 @@ import {
   parseFlags,
   parseNumberFlag,
   parsePort,
+  PASSWORD_VARIABLE,
+  passwordFrom,
   requireUdp,
   UDP_SERVICES,
   type UdpService,
@@ -56,6 +60,7 @@ OPTIONS:
       --count <N>          Echo: send N numbered datagrams, like ping
       --interval <MS>      Echo: between two of them (default 1000)
       --keepalive <SECONDS> Chat: tell the server you are there (default 20)
+      --password <SECRET>  Chat: the password; or set SOCKLAB_PASSWORD; or you are asked
   -h, --help               Show this help
 
 Piped input works in every service: each line is a chat message, a month
@@ -83,6 +88,8 @@ export interface UdpClientOptions {
   intervalMs: number;
   /** Chat: time between two keepalives, in ms. @default 20000 */
   keepaliveMs: number;
+  /** Chat: the password, from --password or SOCKLAB_PASSWORD. */
+  password?: string;
   /** Print the usage and stop. */
   help: boolean;
 }
@@ -102,6 +109,7 @@ export function parseUdpClientArgs(args: string[]): UdpClientOptions {
       "count",
       "interval",
       "keepalive",
+      "password",
     ],
     boolean: ["help"],
     alias: { p: "port", s: "service", n: "name", h: "help" },
@@ -135,6 +143,7 @@ export function parseUdpClientArgs(args: string[]): UdpClientOptions {
       min: 0.1,
       max: 86_400,
     }) * 1000,
+    password: passwordFrom(flags.password),
     help: flags.help === true,
   };
 }
@@ -345,10 +354,10 @@ async function monthOnce(
     return 1;
   }
   if (answer.startsWith("! ")) {
-    console.error(paintError(answer));
+    console.error(paintError(cleanText(answer)));
     return 1;
   }
-  console.log(answer.replace(/^\d+: /, ""));
+  console.log(cleanText(answer.replace(/^\d+: /, "")));
   return 0;
 }
 
@@ -359,7 +368,7 @@ async function monthLoop(
 ): Promise<number> {
   const terminal = new LineConsole("Enter a month number (0 to quit): ");
   const note = (text: string) => terminal.note(text);
-  link.onOther = (reply) => note(`ignored a late reply: "${reply}"`);
+  link.onOther = (reply) => note(`ignored a late reply: "${cleanText(reply)}"`);
   await terminal.readLines(async (line) => {
     const question = line.trim();
     if (!/^-?\d+$/.test(question)) {
@@ -369,7 +378,8 @@ async function monthLoop(
     }
     const answer = await askMonth(link, options, question, note);
     if (answer === undefined) return terminal.print(noReply(link));
-    terminal.print(answer.startsWith("! ") ? paintError(answer) : answer);
+    const shown = cleanText(answer);
+    terminal.print(answer.startsWith("! ") ? paintError(shown) : shown);
     if (answer === "bye") {
       terminal.restore();
       Deno.exit(0);
@@ -466,7 +476,8 @@ async function echoLines(
   options: UdpClientOptions,
 ): Promise<number> {
   const terminal = new LineConsole();
-  link.onOther = (reply) => terminal.note(`ignored a late reply: "${reply}"`);
+  link.onOther = (reply) =>
+    terminal.note(`ignored a late reply: "${cleanText(reply)}"`);
   await terminal.readLines(async (line) => {
     const start = performance.now();
     const echo = await link.ask(line, (reply) => reply === line, {
@@ -477,7 +488,7 @@ async function echoLines(
     });
     if (echo === undefined) return terminal.print(noReply(link));
     const time = (performance.now() - start).toFixed(3);
-    terminal.print(`${echo} ${paintDim(`(${time} ms)`)}`);
+    terminal.print(`${cleanText(echo)} ${paintDim(`(${time} ms)`)}`);
   });
   return 0;
 }
@@ -489,6 +500,9 @@ function sleep(ms: number): Promise<void> {
 // ---------------------------------------------------------------------------
 // The chat
 // ---------------------------------------------------------------------------
+
+/** The chat relay's answer to a join without the password it needs. */
+const JOIN_FIRST = "! this chat needs a password: /join NAME PASSWORD";
 
 /** Joins, then sends what you type while printing what arrives. */
 async function chat(link: UdpLink, options: UdpClientOptions) {
@@ -502,7 +516,7 @@ async function chat(link: UdpLink, options: UdpClientOptions) {
       keepalivesUnanswered--;
       return;
     }
-    terminal.print(paintChatLine(reply));
+    terminal.print(paintChatLine(cleanText(reply)));
     if (reply === "* server shutting down") {
       end(1, `The server "${link.target}" shut down`);
     }
@@ -524,13 +538,30 @@ async function chat(link: UdpLink, options: UdpClientOptions) {
 
   // Join with a name, or check that the server answers: a first message
   // without a name joins as HOST:PORT.
-  const joined = await link.ask(
-    name ? `/join ${name}` : "/ping",
-    (reply) => /^\* (welcome|pong$)|^! /.test(reply),
-    { timeoutMs: options.timeoutMs, retries: options.retries },
-  );
+  let password = options.password;
+  const join = () =>
+    link.ask(
+      !name
+        ? "/ping"
+        : password
+        ? `/join ${name} ${password}`
+        : `/join ${name}`,
+      (reply) => /^\* (welcome|pong$)|^! /.test(reply),
+      { timeoutMs: options.timeoutMs, retries: options.retries },
+    );
+  let joined = await join();
+  if (joined === JOIN_FIRST && name && !password) {
+    password = askSecret("Password:");
+    if (password) joined = await join();
+  }
   if (joined === undefined) return end(1, noReply(link));
-  if (joined !== "* pong") terminal.print(paintChatLine(joined));
+  if (joined !== "* pong") terminal.print(paintChatLine(cleanText(joined)));
+  if (joined === JOIN_FIRST) {
+    return end(
+      1,
+      `The chat needs a password: give it with --password or ${PASSWORD_VARIABLE}, and a --name`,
+    );
+  }
   if (joined.startsWith("! ")) return end(1);
 
   setInterval(() => {

@@ -14,6 +14,7 @@
 
 import {
   argsOrExit,
+  cleanText,
   clockTime,
   connectionHints,
   DEFAULT_PORT,
@@ -30,7 +31,11 @@ import {
   parseFlags,
   parseNumberFlag,
   parsePort,
+  passwordFrom,
+  passwordMatches,
   requireUdp,
+  splitFirstWord,
+  TokenBucket,
   UDP_SERVICES,
   type UdpService,
   UsageError,
@@ -66,6 +71,12 @@ export const MONTH_INTRO = noticeLine(
 /** How many peers the month service remembers having seen. */
 const MAX_REMEMBERED_PEERS = 10_000;
 
+/** A peer's rate limit, and when it was last warned. */
+interface PeerRate {
+  bucket: TokenBucket;
+  warnedAt: number;
+}
+
 const USAGE = `socklab UDP server: chat relay, month service, echo
 
 USAGE:
@@ -81,6 +92,11 @@ OPTIONS:
       --drop <P>               Drop each incoming datagram with probability P (0 to 1)
       --delay <MS>             Delay each reply by up to MS milliseconds, at random
       --seed <N>               Make --drop and --delay repeatable
+      --password <SECRET>      Chat: peers join with "/join NAME SECRET"; or set
+                               SOCKLAB_PASSWORD (kept out of the process list)
+      --max-peers <N>          Chat: peers at once (default 1000)
+      --rate-limit <N>         Datagrams a second per peer; 0 is no limit (default 20)
+      --burst <N>              Datagrams at once above the rate (default 40)
   -h, --help                   Show this help
 
 SERVICES:
@@ -108,6 +124,14 @@ export interface UdpServerOptions {
   maxDelayMs: number;
   /** Seeds the random choices of drop and delay, to repeat them. */
   seed?: number;
+  /** Chat: the password peers must give with /join NAME PASSWORD. */
+  password?: string;
+  /** Chat: peers at once. @default 1000 */
+  maxPeers: number;
+  /** Datagrams a second each peer may send; 0 is no limit. @default 20 */
+  rateLimit: number;
+  /** Datagrams a peer may send at once above the rate. @default 40 */
+  burst: number;
   /** Prints one log line. */
   print: (line: string) => void;
 }
@@ -128,6 +152,7 @@ export class UdpServer {
   #random: () => number;
   #peers = new Map<string, Peer>();
   #seenPeers = new Set<string>();
+  #rates = new Map<string, PeerRate>();
   #delayedReplies = new Set<ReturnType<typeof setTimeout>>();
   #sweeper?: ReturnType<typeof setInterval>;
   #stopping?: Promise<void>;
@@ -156,6 +181,9 @@ export class UdpServer {
       maxDatagram: 1200,
       dropRate: 0,
       maxDelayMs: 0,
+      maxPeers: 1000,
+      rateLimit: 20,
+      burst: 40,
       print: (line) => console.log(line),
       ...options,
     };
@@ -210,6 +238,7 @@ export class UdpServer {
       this.#log(`dropped a datagram from ${peer} (--drop)`);
       return;
     }
+    if (!this.#withinRateLimit(from)) return;
     if (datagram.length > this.options.maxDatagram) {
       this.#log(`datagram from ${peer} too long`);
       return this.#reply(
@@ -236,6 +265,38 @@ export class UdpServer {
     }
   }
 
+  /**
+   * Applies the per-peer rate limit: false when the datagram is dropped.
+   * A peer over the limit is told so at most once a second.
+   */
+  #withinRateLimit(from: Deno.NetAddr): boolean {
+    const { rateLimit, burst } = this.options;
+    if (rateLimit <= 0) return true;
+    const key = addressKey(from);
+    let rate = this.#rates.get(key);
+    if (!rate) {
+      // Remember a bounded number of peers: forget the oldest.
+      if (this.#rates.size >= MAX_REMEMBERED_PEERS) {
+        this.#rates.delete(this.#rates.keys().next().value!);
+      }
+      rate = { bucket: new TokenBucket(rateLimit, burst), warnedAt: -Infinity };
+      this.#rates.set(key, rate);
+    }
+    const now = performance.now();
+    if (rate.bucket.take(now)) return true;
+    if (now - rate.warnedAt > 1000) {
+      rate.warnedAt = now;
+      this.#log(`${key} is over the rate limit: datagrams dropped`);
+      this.#reply(
+        from,
+        errorLine(
+          `slow down: at most ${rateLimit} datagrams a second; the rest are dropped`,
+        ),
+      );
+    }
+    return false;
+  }
+
   // -------------------------------------------------------------------------
   // The month service
   // -------------------------------------------------------------------------
@@ -244,7 +305,9 @@ export class UdpServer {
     const request = text.trim();
     const firstTime = this.#firstTimeFrom(from);
     const answer = monthAnswer(request, firstTime);
-    this.#log(`${addressKey(from)} asked "${shorten(request)}": ${answer}`);
+    this.#log(
+      `${addressKey(from)} asked "${shorten(cleanText(request))}": ${answer}`,
+    );
     this.#reply(from, answer);
   }
 
@@ -278,10 +341,11 @@ export class UdpServer {
     if (input.kind === "empty") return;
     const peer = this.#peers.get(addressKey(from));
     if (input.kind === "message") {
-      return this.#relay(
-        peer ?? this.#join(from, addressKey(from)),
-        input.text,
-      );
+      if (peer) return this.#relay(peer, input.text);
+      if (this.options.password) return this.#reply(from, JOIN_FIRST);
+      const joined = this.#join(from, addressKey(from));
+      if (joined) this.#relay(joined, input.text);
+      return;
     }
     const { command, rest } = input;
     switch (command) {
@@ -296,7 +360,10 @@ export class UdpServer {
         }
         return this.#joinAs(from, rest);
       case "/nick":
-        return peer ? this.#rename(peer, rest) : this.#joinAs(from, rest);
+        if (peer) return this.#rename(peer, rest);
+        return this.options.password
+          ? this.#reply(from, JOIN_FIRST)
+          : this.#joinAs(from, rest);
       case "/leave":
         if (!peer) return this.#reply(from, errorLine("you have not joined"));
         this.#reply(from, noticeLine("bye"));
@@ -315,13 +382,31 @@ export class UdpServer {
     }
   }
 
-  #joinAs(from: Deno.NetAddr, name: string): void {
+  /** `/join NAME`, or `/join NAME PASSWORD` when the chat has one. */
+  #joinAs(from: Deno.NetAddr, rest: string): void {
+    const [name, password] = this.options.password
+      ? splitFirstWord(rest)
+      : [rest, ""];
     const problem = this.#nameProblem(name);
     if (problem) return this.#reply(from, errorLine(problem));
+    if (this.options.password) {
+      if (password === "") return this.#reply(from, JOIN_FIRST);
+      // The password itself is never logged.
+      if (!passwordMatches(password, this.options.password)) {
+        this.#log(`${addressKey(from)} sent a wrong password`);
+        return this.#reply(from, errorLine("wrong password"));
+      }
+    }
     this.#join(from, name);
   }
 
-  #join(from: Deno.NetAddr, name: string): Peer {
+  /** Adds a peer to the chat, unless it is full. */
+  #join(from: Deno.NetAddr, name: string): Peer | undefined {
+    if (this.#peers.size >= this.options.maxPeers) {
+      this.#log(`refused ${addressKey(from)}: chat full`);
+      this.#reply(from, errorLine("chat full"));
+      return undefined;
+    }
     const peer = { name, address: from, lastHeard: Date.now() };
     const others = this.names;
     this.#peers.set(addressKey(from), peer);
@@ -469,6 +554,10 @@ export class UdpServer {
   }
 }
 
+const JOIN_FIRST = errorLine(
+  "this chat needs a password: /join NAME PASSWORD",
+);
+
 const UDP_HELP_LINES = [
   "commands:",
   "  /join NAME    join the chat as NAME",
@@ -543,6 +632,10 @@ export function parseUdpServerArgs(
       "drop",
       "delay",
       "seed",
+      "password",
+      "max-peers",
+      "rate-limit",
+      "burst",
     ],
     boolean: ["help"],
     alias: { p: "port", s: "service", h: "help" },
@@ -554,6 +647,9 @@ export function parseUdpServerArgs(
       "max-datagram": "1200",
       drop: "0",
       delay: "0",
+      "max-peers": "1000",
+      "rate-limit": "20",
+      burst: "40",
     },
   });
   if (flags._.length > 0) {
@@ -578,6 +674,22 @@ export function parseUdpServerArgs(
     maxDelayMs: parseNumberFlag("delay", flags.delay, {
       min: 0,
       max: 60_000,
+      whole: true,
+    }),
+    password: passwordFrom(flags.password),
+    maxPeers: parseNumberFlag("max-peers", flags["max-peers"], {
+      min: 1,
+      max: 1_000_000,
+      whole: true,
+    }),
+    rateLimit: parseNumberFlag("rate-limit", flags["rate-limit"], {
+      min: 0,
+      max: 1_000_000,
+      whole: true,
+    }),
+    burst: parseNumberFlag("burst", flags.burst, {
+      min: 1,
+      max: 1_000_000,
       whole: true,
     }),
     seed: flags.seed === undefined ? undefined : parseNumberFlag(

@@ -131,6 +131,9 @@ Deno.test("flags: ports are checked, unknown options refused, defaults given", (
     service: "chat",
     name: undefined,
     request: undefined,
+    tls: false,
+    caFile: undefined,
+    password: undefined,
     help: false,
   });
   const oneShot = parseClientArgs([
@@ -164,6 +167,8 @@ Deno.test("flags: ports are checked, unknown options refused, defaults given", (
     operatorName: "teacher",
     iterative: true,
     dataFile: undefined,
+    tlsFiles: undefined,
+    password: undefined,
   });
   assertThrows(
     () => parseServerArgs(["--data", "x.json"]),

@@ -356,7 +356,7 @@ Deno.test("chat client joins, sends piped lines, shows what arrives, and leaves 
 });
 
 Deno.test("chat client keeps itself in the chat with keepalives, and hides their answers", async () => {
-  await using chat = startUdpServer({ peerTimeoutMs: 400 });
+  await using chat = startUdpServer({ peerTimeoutMs: 400, rateLimit: 0 });
   await using bot = spawnUdpClient(chat.port, [
     "--name",
     "bot",

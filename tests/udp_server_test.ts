@@ -171,7 +171,7 @@ Deno.test("chat /leave says bye and tells the others", async () => {
 });
 
 Deno.test("chat drops a peer silent for longer than the peer timeout", async () => {
-  await using chat = startUdpServer({ peerTimeoutMs: 300 });
+  await using chat = startUdpServer({ peerTimeoutMs: 300, rateLimit: 0 });
   await using silent = new UdpPeer(chat.port);
   await using talker = new UdpPeer(chat.port);
   await silent.ask("/join silent");
