@@ -333,7 +333,7 @@ export function passwordFrom(flag: unknown): string | undefined {
 
 function readPasswordVariable(): string | undefined {
   try {
-    return Deno.env.get(PASSWORD_VARIABLE);
+    return Deno.env.get(PASSWORD_VARIABLE) || undefined;
   } catch {
     // No permission to read it (run with --allow-env=SOCKLAB_PASSWORD).
     return undefined;
