@@ -152,6 +152,17 @@ export class TestClient {
     return new TestClient(await Deno.connect({ hostname: "127.0.0.1", port }));
   }
 
+  /** Connects with TLS, trusting `caCert` (PEM). */
+  static async connectTls(port: number, caCert: string): Promise<TestClient> {
+    const conn = await Deno.connectTls({
+      hostname: "127.0.0.1",
+      port,
+      caCerts: [caCert],
+    });
+    await conn.handshake();
+    return new TestClient(conn);
+  }
+
   /**
    * Connects and waits for the welcome, so the server has admitted this
    * client (as guest-N) before the test goes on.
@@ -457,4 +468,50 @@ export async function startInventory(
     port: server.addr.port,
     [Symbol.asyncDispose]: () => server.stop(),
   };
+}
+
+/**
+ * Makes a self-signed leaf certificate for localhost and 127.0.0.1 with
+ * openssl, the README's recipe, in a new temporary folder.
+ * @returns the paths of cert.pem and key.pem, and the certificate's text
+ */
+export async function makeCertificate() {
+  const folder = await Deno.makeTempDir();
+  const certFile = `${folder}/cert.pem`;
+  const keyFile = `${folder}/key.pem`;
+  const { success, stderr } = await new Deno.Command("openssl", {
+    args: [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-days",
+      "30",
+      "-keyout",
+      keyFile,
+      "-out",
+      certFile,
+      "-subj",
+      "/CN=localhost",
+      "-addext",
+      "basicConstraints=critical,CA:FALSE",
+      "-addext",
+      "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!success) throw new Error(new TextDecoder().decode(stderr));
+  return { folder, certFile, keyFile, cert: await Deno.readTextFile(certFile) };
+}
+
+/** The resident memory of a process, in KiB (Linux), or undefined. */
+export function residentKiB(pid: number): number | undefined {
+  try {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]);
+  } catch {
+    return undefined;
+  }
 }
