@@ -154,6 +154,8 @@ class ChatSession {
   leaving = false;
   /** The password sent with /auth, if any. */
   password?: string;
+  /** The name to take with /nick, once in. */
+  name?: string;
   #stopped = false;
 
   constructor(
@@ -244,6 +246,8 @@ class ChatSession {
     }
     this.password = password;
     await this.send(`/auth ${password}`).catch(() => {});
+    // A /nick sent before /auth was refused: send it again.
+    if (this.name) await this.send(`/nick ${this.name}`).catch(() => {});
   }
 
   /** Closes the connection and ends the program. */
@@ -540,6 +544,7 @@ async function main(): Promise<void> {
   Deno.addSignalListener("SIGINT", () => session.leave());
 
   session.password = options.password;
+  session.name = name;
   if (options.password) {
     await session.send(`/auth ${options.password}`).catch(() => {});
   }
