@@ -1601,8 +1601,9 @@ async function main(): Promise<void> {
     );
     Deno.exit(1);
   }
-  bannerLines(server).forEach(print);
+  // Ready for Ctrl-C before the banner tells anyone the server is up.
   onStopSignals(() => server.stop());
+  bannerLines(server).forEach(print);
   if (terminal && server instanceof ChatServer) readConsole(terminal, server);
   await server.finished;
   await server.stop();

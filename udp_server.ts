@@ -741,8 +741,9 @@ async function main(): Promise<void> {
     );
     Deno.exit(1);
   }
-  bannerLines(server).forEach((line) => console.log(line));
+  // Ready for Ctrl-C before the banner tells anyone the server is up.
   onStopSignals(() => server.stop());
+  bannerLines(server).forEach((line) => console.log(line));
   await server.finished;
   await server.stop();
   Deno.exit(0);
