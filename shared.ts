@@ -769,6 +769,8 @@ export function parsePort(value: unknown): number {
 export interface FlagSpec {
   string?: string[];
   boolean?: string[];
+  /** Flags that may be given more than once (their values make a list). */
+  collect?: string[];
   alias?: Record<string, string>;
   default?: Record<string, string | boolean>;
 }
