@@ -58,6 +58,9 @@ import {
 /** The most bytes waiting to be sent to one client before it is dropped. */
 export const MAX_PENDING_BYTES = 1024 * 1024;
 
+/** The read buffer of each chat connection. */
+const READ_BUFFER_BYTES = 4096;
+
 /** How long a leaving client may take to receive its last lines. */
 const FINAL_FLUSH_MS = 3000;
 
@@ -71,6 +74,7 @@ OPTIONS:
       --host <HOST>   Address to listen on (default 0.0.0.0: every interface)
   -n, --name <NAME>   The operator's name in the chat (default "server")
   -i, --iterative     Serve one client at a time; the others wait their turn
+  -q, --quiet         Chat: keep the room's messages off the console (log lines only)
   -s, --service <chat|inventory>  The service (default chat)
       --data <FILE>   Inventory: keep the stock in FILE, saved after every change
   -h, --help          Show this help
@@ -121,6 +125,8 @@ export interface ServerOptions {
   password?: string;
   /** A certificate and its key (PEM), to speak TLS. */
   tls?: { cert: string; key: string };
+  /** Keep the room's messages off the console (log lines only). @default false */
+  quiet?: boolean;
   /** Prints one line of the console (log lines and chat lines). */
   print: (line: string) => void;
 }
@@ -458,7 +464,9 @@ export class ChatServer {
    * @returns why the loop ended
    */
   async #receiveLines(client: Client): Promise<LeaveReason> {
-    const buffer = new Uint8Array(16 * 1024);
+    // Small: every connected client holds one. A longer burst takes more
+    // reads, and the framer joins the pieces.
+    const buffer = new Uint8Array(READ_BUFFER_BYTES);
     const framer = new LineFramer(this.options.maxLineBytes);
     try {
       while (!client.leftBecause) {
@@ -613,7 +621,7 @@ export class ChatServer {
   /** A message to everyone else (the sender does not get it back). */
   #relay(client: Client, text: string): void {
     const line = messageLine(client.name, text);
-    this.#print(line);
+    if (!this.options.quiet) this.#print(line);
     this.#broadcast(line, client);
   }
 
@@ -694,7 +702,8 @@ export class ChatServer {
   /** Sends a line to every client but `except`, encoded once for all. */
   #broadcast(line: string, except?: Client): void {
     const bytes = encodeLine(line);
-    for (const client of [...this.#clients.values()]) {
+    // The Map itself, not a copy: a client that leaves meanwhile is skipped.
+    for (const client of this.#clients.values()) {
       if (client !== except) this.#sendBytes(client, bytes);
     }
   }
@@ -1430,8 +1439,15 @@ export function parseServerArgs(args: string[]): ServerArgs {
       "password",
       ...Object.keys(LIMIT_FLAGS),
     ],
-    boolean: ["iterative", "help"],
-    alias: { p: "port", n: "name", i: "iterative", s: "service", h: "help" },
+    boolean: ["iterative", "quiet", "help"],
+    alias: {
+      p: "port",
+      n: "name",
+      i: "iterative",
+      q: "quiet",
+      s: "service",
+      h: "help",
+    },
     default: {
       port: String(DEFAULT_PORT),
       host: "0.0.0.0",
@@ -1463,6 +1479,7 @@ export function parseServerArgs(args: string[]): ServerArgs {
     host: String(flags.host),
     operatorName,
     iterative: flags.iterative === true,
+    quiet: flags.quiet === true,
     dataFile,
     tlsFiles: certFile && keyFile ? { certFile, keyFile } : undefined,
     password: passwordFrom(flags.password),
@@ -1507,6 +1524,7 @@ export interface ServerArgs extends Partial<typeof LIMITS> {
   port: number;
   operatorName: string;
   iterative: boolean;
+  quiet: boolean;
   dataFile?: string;
   tlsFiles?: { certFile: string; keyFile: string };
   password?: string;

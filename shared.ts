@@ -75,9 +75,16 @@ export class LineFramer {
       }
       this.#afterCR = byte === CR;
       if (byte !== LF && byte !== CR) continue;
-      this.#keep(chunk.subarray(start, i), frames);
-      if (this.#dropping) this.#dropping = false;
-      else frames.push(this.#takeLine());
+      const piece = chunk.subarray(start, i);
+      if (this.#size === 0 && !this.#dropping) {
+        // The whole line is in this read: decode it from there, no copy.
+        const tooLong = piece.length > this.maxLineBytes;
+        frames.push(tooLong ? LINE_TOO_LONG : this.#decoder.decode(piece));
+      } else {
+        this.#keep(piece, frames);
+        if (this.#dropping) this.#dropping = false;
+        else frames.push(this.#takeLine());
+      }
       start = i + 1;
     }
     this.#keep(chunk.subarray(start), frames);

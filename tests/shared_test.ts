@@ -166,6 +166,7 @@ Deno.test("flags: ports are checked, unknown options refused, defaults given", (
     host: "0.0.0.0",
     operatorName: "teacher",
     iterative: true,
+    quiet: false,
     dataFile: undefined,
     tlsFiles: undefined,
     password: undefined,

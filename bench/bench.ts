@@ -1,0 +1,680 @@
+#!/usr/bin/env -S deno run -A
+/**
+ * socklab's load benchmark for the TCP chat: N clients each send M
+ * messages to the room; every other client must receive each one, whole
+ * and in order. It reports deliveries a second, delivery latency, losses,
+ * the server's CPU time per 1,000 deliveries and its memory.
+ *
+ * ```sh
+ * deno task bench                                  # 50 clients x 200 messages
+ * deno task bench --clients 5000 --messages 1 --senders 1
+ * deno task bench --command "ncat -l --chat 127.0.0.1 {port}"
+ * ```
+ *
+ * @module
+ */
+
+import {
+  argsOrExit,
+  LINE_TOO_LONG,
+  LineFramer,
+  parseFlags,
+  parseNumberFlag,
+  parsePort,
+  UsageError,
+  writeAll,
+} from "../shared.ts";
+
+const USAGE = `socklab bench: load on a TCP chat relay
+
+USAGE:
+  deno task bench [OPTIONS]
+
+OPTIONS:
+      --clients <N>      Clients connected at once (default 50)
+      --messages <N>     Messages each sender sends (default 200)
+      --senders <N>      How many of the clients send (default: all)
+      --rate <N>         Messages a second per sender; 0 is as fast as possible (default 0)
+      --iterative        The same load against server.ts --iterative
+      --host <HOST>      Bench a server already running there (with --port)
+      --port <PORT>      Its port
+      --command <CMD>    Start another line-based relay instead, e.g.
+                         "ncat -l --chat 127.0.0.1 {port}" ({port}: a free port)
+      --timeout <S>      Give up waiting for deliveries after S seconds (default 120)
+      --json             Print one machine-readable line instead of the report
+  -h, --help             Show this help`;
+
+/** What to run. */
+export interface BenchOptions {
+  clients: number;
+  messages: number;
+  senders: number;
+  rate: number;
+  iterative: boolean;
+  host?: string;
+  port?: number;
+  command?: string;
+  timeoutMs: number;
+  json: boolean;
+  help: boolean;
+}
+
+/** @throws {UsageError} for a bad flag */
+export function parseBenchArgs(args: string[]): BenchOptions {
+  const flags = parseFlags(args, {
+    string: [
+      "clients",
+      "messages",
+      "senders",
+      "rate",
+      "host",
+      "port",
+      "command",
+      "timeout",
+    ],
+    boolean: ["iterative", "json", "help"],
+    alias: { h: "help" },
+    default: { clients: "50", messages: "200", rate: "0", timeout: "120" },
+  });
+  if (flags._.length > 0) {
+    throw new UsageError(`Unexpected argument "${flags._[0]}"`);
+  }
+  const whole = (flag: string, min: number, max: number) =>
+    parseNumberFlag(flag, flags[flag], { min, max, whole: true });
+  const clients = whole("clients", 2, 20_000);
+  const external = flags.host !== undefined || flags.port !== undefined;
+  if (external && (flags.host === undefined || flags.port === undefined)) {
+    throw new UsageError("--host and --port go together");
+  }
+  if (external && flags.command !== undefined) {
+    throw new UsageError(
+      "--command starts a relay: leave out --host and --port",
+    );
+  }
+  return {
+    clients,
+    messages: whole("messages", 1, 1_000_000),
+    senders: flags.senders === undefined
+      ? clients
+      : Math.min(clients, whole("senders", 1, 20_000)),
+    rate: whole("rate", 0, 1_000_000),
+    iterative: flags.iterative === true,
+    host: flags.host === undefined ? undefined : String(flags.host),
+    port: flags.port === undefined ? undefined : parsePort(flags.port),
+    command: flags.command === undefined ? undefined : String(flags.command),
+    timeoutMs: whole("timeout", 1, 86_400) * 1000,
+    json: flags.json === true,
+    help: flags.help === true,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// The server under test, and what the kernel says of its CPU and memory
+// ---------------------------------------------------------------------------
+
+/** A relay the bench talks to, and (when it started it) its process. */
+interface Target {
+  host: string;
+  port: number;
+  pid?: number;
+  label: string;
+  notes: string[];
+  stop(): Promise<void>;
+}
+
+async function startTarget(options: BenchOptions): Promise<Target> {
+  if (options.host !== undefined && options.port !== undefined) {
+    return {
+      host: options.host,
+      port: options.port,
+      label: `${options.host}:${options.port}`,
+      notes: [],
+      stop: async () => {},
+    };
+  }
+  return options.command === undefined
+    ? await startSocklab(options)
+    : await startCommand(options.command);
+}
+
+/** Starts server.ts with the flood limit and client cap raised for the load. */
+async function startSocklab(options: BenchOptions): Promise<Target> {
+  const raised = [
+    "--rate-limit",
+    "0",
+    "--max-clients",
+    String(options.clients + 10),
+  ];
+  const args = [
+    "run",
+    "-A",
+    "server.ts",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--quiet",
+    ...raised,
+  ];
+  if (options.iterative) args.push("--iterative");
+  const child = new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: new URL("..", import.meta.url).pathname,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  let port = 0;
+  while (!port) {
+    const { value, done } = await lines.read();
+    if (done) throw new Error("server.ts stopped before it listened");
+    text += value;
+    port = Number(/listening on [\d.]+:(\d+)/.exec(text)?.[1] ?? 0);
+  }
+  // Keep reading its log, so that a full pipe never blocks the server.
+  (async () => {
+    while (!(await lines.read()).done);
+  })();
+  return {
+    host: "127.0.0.1",
+    port,
+    pid: child.pid,
+    label: `server.ts${options.iterative ? " --iterative" : ""}`,
+    notes: [
+      `server.ts started with ${
+        raised.join(" ")
+      } --quiet: a burst is far above the default flood limit (20 lines a second), and a big room above the default client cap (1000)`,
+    ],
+    stop: async () => {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
+}
+
+/** Starts another relay from a command line, on a free port. */
+async function startCommand(command: string): Promise<Target> {
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  const [program, ...args] = command.replaceAll("{port}", String(port)).split(
+    /\s+/,
+  );
+  const child = new Deno.Command(program, {
+    args,
+    stdin: "null",
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  // It prints no banner: wait until the kernel shows its port listening.
+  // (Not by connecting: a connection closed at once can kill ncat --chat.)
+  for (let tries = 0; !isListening(port); tries++) {
+    if (tries > 200) throw new Error(`"${command}" did not listen on ${port}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return {
+    host: "127.0.0.1",
+    port,
+    pid: child.pid,
+    label: command,
+    notes: [],
+    stop: async () => {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
+}
+
+/** Is a TCP port in the LISTEN state on this machine (Linux's /proc)? */
+function isListening(port: number): boolean {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, "0")} `;
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    try {
+      const rows = Deno.readTextFileSync(table).split("\n");
+      if (rows.some((row) => row.includes(hex) && / 0A /.test(row))) {
+        return true;
+      }
+    } catch {
+      // No such table here.
+    }
+  }
+  return false;
+}
+
+/** CPU seconds a process has used (user + system), from /proc. */
+function cpuSeconds(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A memory figure of a process from /proc, in KiB (VmRSS, or VmHWM: its peak). */
+function memoryKiB(
+  pid: number | undefined,
+  field: "VmRSS" | "VmHWM",
+): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The clients
+// ---------------------------------------------------------------------------
+
+/** A message carries its sender, its number and its send time. */
+const MESSAGE = /\bb (\d+) (\d+) (\d+\.\d+) x+$/;
+const PADDING = "x".repeat(32);
+
+/**
+ * A line sent once everyone is connected; when all have it, everything
+ * the joins caused (a "joined" notice to everyone, for each) has arrived,
+ * and the measured run starts on a quiet room.
+ */
+const BARRIER = "bench: everyone is here";
+
+/** What the receivers saw. */
+class Tally {
+  delivered = 0;
+  garbled = 0;
+  outOfOrder = 0;
+  latencies: number[] = [];
+  #allDelivered?: () => void;
+  readonly done: Promise<void>;
+
+  constructor(readonly expected: number) {
+    this.done = new Promise((resolve) => this.#allDelivered = resolve);
+    if (expected === 0) this.#allDelivered!();
+  }
+
+  record(latency: number): void {
+    this.delivered++;
+    this.latencies.push(latency);
+    if (this.delivered >= this.expected) this.#allDelivered!();
+  }
+}
+
+/** One bench client: a connection, and a loop that checks what arrives. */
+class BenchClient {
+  readonly #nextFrom = new Map<number, number>();
+  readonly welcomed: Promise<void>;
+  #welcome?: () => void;
+  /** Settles when the barrier line has arrived (see runBench). */
+  readonly barrier: Promise<void>;
+  #passBarrier?: () => void;
+  readonly closed: Promise<void>;
+
+  constructor(
+    readonly index: number,
+    readonly conn: Deno.Conn,
+    readonly tally: Tally,
+    socklab: boolean,
+  ) {
+    this.welcomed = new Promise((resolve) => this.#welcome = resolve);
+    this.barrier = new Promise((resolve) => this.#passBarrier = resolve);
+    if (!socklab) this.#welcome!();
+    this.closed = this.#receive();
+  }
+
+  async #receive(): Promise<void> {
+    const framer = new LineFramer(64 * 1024);
+    const buffer = new Uint8Array(64 * 1024);
+    try {
+      for (let count; (count = await this.conn.read(buffer)) !== null;) {
+        const now = performance.now();
+        for (const frame of framer.push(buffer.subarray(0, count))) {
+          if (frame === LINE_TOO_LONG) this.tally.garbled++;
+          else this.#check(frame, now);
+        }
+      }
+    } catch {
+      // Closed at the end of the run.
+    }
+  }
+
+  #check(line: string, now: number): void {
+    if (line.startsWith("* you are ")) return this.#welcome!();
+    if (line.endsWith(BARRIER)) return this.#passBarrier!();
+    // Not a message (a notice)? Some relays, like ncat --chat, prefix only
+    // the first line of each read they forward: the rest come bare.
+    if (!/(^|\s)b \d/.test(line)) return;
+    const match = MESSAGE.exec(line);
+    if (!match) {
+      this.tally.garbled++;
+      return;
+    }
+    const [sender, seq, sentAt] = [
+      Number(match[1]),
+      Number(match[2]),
+      Number(match[3]),
+    ];
+    const expected = this.#nextFrom.get(sender) ?? 0;
+    if (seq !== expected) this.tally.outOfOrder++;
+    this.#nextFrom.set(sender, seq + 1);
+    this.tally.record(now - sentAt);
+  }
+
+  /** Sends `count` messages, at `rate` a second (0: all at once). */
+  async send(count: number, rate: number): Promise<void> {
+    const encoder = new TextEncoder();
+    const line = (seq: number) =>
+      `b ${this.index} ${seq} ${performance.now().toFixed(3)} ${PADDING}\n`;
+    if (rate === 0) {
+      // As fast as possible: many lines per write.
+      for (let seq = 0; seq < count; seq += 100) {
+        let chunk = "";
+        for (let i = seq; i < Math.min(count, seq + 100); i++) chunk += line(i);
+        await writeAll(this.conn, encoder.encode(chunk));
+      }
+      return;
+    }
+    const start = performance.now();
+    for (let seq = 0; seq < count; seq++) {
+      const due = start + (seq * 1000) / rate;
+      const wait = due - performance.now();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      await writeAll(this.conn, encoder.encode(line(seq)));
+    }
+  }
+
+  close(): void {
+    try {
+      this.conn.close();
+    } catch {
+      // Already closed.
+    }
+  }
+}
+
+async function connectAll(
+  target: Target,
+  count: number,
+  tally: Tally,
+  socklab: boolean,
+): Promise<BenchClient[]> {
+  const clients: BenchClient[] = [];
+  // A few hundred at a time, so the listen backlog never overflows.
+  for (let first = 0; first < count; first += 200) {
+    const batch = await Promise.all(
+      Array.from({ length: Math.min(200, count - first) }, async (_, i) => {
+        const conn = await Deno.connect({
+          hostname: target.host,
+          port: target.port,
+        });
+        return new BenchClient(first + i, conn, tally, socklab);
+      }),
+    );
+    clients.push(...batch);
+    await Promise.all(batch.map((client) => client.welcomed));
+  }
+  return clients;
+}
+
+// ---------------------------------------------------------------------------
+// The run and the report
+// ---------------------------------------------------------------------------
+
+/** The numbers of one run. */
+export interface BenchReport {
+  target: string;
+  clients: number;
+  senders: number;
+  messages: number;
+  rate: number;
+  expected: number;
+  delivered: number;
+  lost: number;
+  garbled: number;
+  outOfOrder: number;
+  seconds: number;
+  deliveriesPerSecond: number;
+  latencyMs: { p50: number; p95: number; p99: number; max: number };
+  serverCpuSeconds?: number;
+  cpuMsPer1000Deliveries?: number;
+  memoryKiB: {
+    idle?: number;
+    connected?: number;
+    peak?: number;
+    perClient?: number;
+  };
+  notes: string[];
+}
+
+/** @returns true when `promise` settled first, false when time ran out */
+async function withTimeout(promise: Promise<unknown>, ms: number) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  const settled = await Promise.race([promise.then(() => true), timeout]);
+  clearTimeout(timer);
+  return settled;
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[
+    Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))
+  ];
+}
+
+function round(value: number, digits = 3): number {
+  return Number(value.toFixed(digits));
+}
+
+/** Runs the bench against a chat relay (concurrent). */
+export async function runBench(
+  options: BenchOptions,
+  progress?: (text: string) => void,
+): Promise<BenchReport> {
+  const target = await startTarget(options);
+  const socklab = options.command === undefined;
+  try {
+    const idle = memoryKiB(target.pid, "VmRSS");
+    const expected = options.senders * options.messages * (options.clients - 1);
+    const tally = new Tally(expected);
+    const clients = await connectAll(target, options.clients, tally, socklab);
+    await writeAll(clients[0].conn, new TextEncoder().encode(`${BARRIER}\n`));
+    const barrier = Promise.all(
+      clients.slice(1).map((client) => client.barrier),
+    );
+    if (!(await withTimeout(barrier, options.timeoutMs))) {
+      throw new Error("the relay did not pass a line to every client in time");
+    }
+    const connected = memoryKiB(target.pid, "VmRSS");
+    const cpuBefore = cpuSeconds(target.pid);
+    const start = performance.now();
+    const ticker = setInterval(
+      () =>
+        progress?.(
+          `deliveries ${tally.delivered}/${expected} (${
+            Math.floor((100 * tally.delivered) / Math.max(1, expected))
+          }%)`,
+        ),
+      500,
+    );
+    const senders = clients.slice(0, options.senders);
+    await Promise.all(
+      senders.map((client) => client.send(options.messages, options.rate)),
+    );
+    await withTimeout(tally.done, options.timeoutMs);
+    clearInterval(ticker);
+    const seconds = (performance.now() - start) / 1000;
+    const cpuAfter = cpuSeconds(target.pid);
+    const peak = memoryKiB(target.pid, "VmHWM");
+    clients.forEach((client) => client.close());
+    await Promise.all(clients.map((client) => client.closed));
+    const sorted = tally.latencies.sort((a, b) => a - b);
+    const cpu = cpuBefore !== undefined && cpuAfter !== undefined
+      ? cpuAfter - cpuBefore
+      : undefined;
+    return {
+      target: target.label,
+      clients: options.clients,
+      senders: options.senders,
+      messages: options.messages,
+      rate: options.rate,
+      expected,
+      delivered: tally.delivered,
+      lost: Math.max(0, expected - tally.delivered),
+      garbled: tally.garbled,
+      outOfOrder: tally.outOfOrder,
+      seconds: round(seconds),
+      deliveriesPerSecond: Math.round(tally.delivered / seconds),
+      latencyMs: {
+        p50: round(percentile(sorted, 50)),
+        p95: round(percentile(sorted, 95)),
+        p99: round(percentile(sorted, 99)),
+        max: round(sorted.at(-1) ?? 0),
+      },
+      serverCpuSeconds: cpu === undefined ? undefined : round(cpu, 2),
+      cpuMsPer1000Deliveries: cpu === undefined || tally.delivered === 0
+        ? undefined
+        : round((cpu * 1e6) / tally.delivered, 3),
+      memoryKiB: {
+        idle,
+        connected,
+        peak,
+        perClient: idle !== undefined && connected !== undefined
+          ? round((connected - idle) / options.clients, 1)
+          : undefined,
+      },
+      notes: target.notes,
+    };
+  } finally {
+    await target.stop();
+  }
+}
+
+/** The iterative server: clients wait in the backlog and are served in turn. */
+export async function runIterative(
+  options: BenchOptions,
+  progress?: (text: string) => void,
+) {
+  const target = await startTarget(options);
+  try {
+    const start = performance.now();
+    const waits: number[] = [];
+    let served = 0;
+    await Promise.all(
+      Array.from({ length: options.clients }, async (_, index) => {
+        const connectedAt = performance.now();
+        const conn = await Deno.connect({
+          hostname: target.host,
+          port: target.port,
+        });
+        const tally = new Tally(0);
+        const client = new BenchClient(index, conn, tally, true);
+        await client.welcomed;
+        waits.push(performance.now() - connectedAt);
+        await client.send(options.messages, options.rate);
+        await writeAll(conn, new TextEncoder().encode("/quit\n"));
+        await client.closed;
+        client.close();
+        progress?.(`served ${++served}/${options.clients}`);
+      }),
+    );
+    const seconds = (performance.now() - start) / 1000;
+    const sorted = waits.sort((a, b) => a - b);
+    return {
+      target: target.label,
+      clients: options.clients,
+      messages: options.messages,
+      seconds: round(seconds),
+      messagesPerSecond: Math.round(
+        (options.clients * options.messages) / seconds,
+      ),
+      waitInBacklogMs: {
+        p50: round(percentile(sorted, 50)),
+        p99: round(percentile(sorted, 99)),
+        max: round(sorted.at(-1) ?? 0),
+      },
+      notes: target.notes,
+    };
+  } finally {
+    await target.stop();
+  }
+}
+
+function formatReport(report: BenchReport): string[] {
+  const mib = (kib?: number) =>
+    kib === undefined ? "n/a" : `${(kib / 1024).toFixed(1)} MiB`;
+  const pace = report.rate === 0
+    ? "as fast as possible"
+    : `${report.rate} a second each`;
+  const lines = [
+    `socklab bench: ${report.target}`,
+    `${report.clients} clients, ${report.senders} sending ${report.messages} messages ${pace}`,
+    `deliveries   ${report.delivered.toLocaleString("en")} of ${
+      report.expected.toLocaleString("en")
+    } in ${report.seconds} s = ${
+      report.deliveriesPerSecond.toLocaleString("en")
+    } a second`,
+    `latency      p50 ${report.latencyMs.p50} ms, p95 ${report.latencyMs.p95} ms, p99 ${report.latencyMs.p99} ms, max ${report.latencyMs.max} ms`,
+    `lost ${report.lost}, garbled ${report.garbled}, out of order ${report.outOfOrder}`,
+  ];
+  if (report.serverCpuSeconds !== undefined) {
+    lines.push(
+      `server CPU   ${report.serverCpuSeconds} s = ${report.cpuMsPer1000Deliveries} ms per 1,000 deliveries`,
+    );
+  }
+  if (report.memoryKiB.idle !== undefined) {
+    lines.push(
+      `server RSS   idle ${
+        mib(report.memoryKiB.idle)
+      }, with ${report.clients} clients ${
+        mib(report.memoryKiB.connected)
+      } (${report.memoryKiB.perClient} KiB a client), peak ${
+        mib(report.memoryKiB.peak)
+      }`,
+    );
+  }
+  return [...lines, ...report.notes.map((note) => `note: ${note}`)];
+}
+
+async function main(): Promise<void> {
+  const options = argsOrExit(parseBenchArgs, USAGE);
+  const progress = options.json
+    ? undefined
+    : (text: string) =>
+      Deno.stderr.writeSync(new TextEncoder().encode(`\r${text}   `));
+  try {
+    if (options.iterative) {
+      const report = await runIterative(options, progress);
+      if (options.json) return console.log(JSON.stringify(report));
+      console.error("");
+      console.log(
+        `socklab bench: ${report.target}, ${report.clients} clients x ${report.messages} messages, one client at a time`,
+      );
+      console.log(
+        `all served in ${report.seconds} s (${report.messagesPerSecond} messages a second)`,
+      );
+      console.log(
+        `wait in the backlog before the welcome: p50 ${report.waitInBacklogMs.p50} ms, p99 ${report.waitInBacklogMs.p99} ms, max ${report.waitInBacklogMs.max} ms`,
+      );
+      report.notes.forEach((note) => console.log(`note: ${note}`));
+      return;
+    }
+    const report = await runBench(options, progress);
+    if (options.json) return console.log(JSON.stringify(report));
+    console.error("");
+    formatReport(report).forEach((line) => console.log(line));
+    if (report.lost > 0 || report.garbled > 0) Deno.exit(1);
+  } catch (error) {
+    console.error(`bench failed: ${(error as Error).message}`);
+    Deno.exit(1);
+  }
+}
+
+if (import.meta.main) main();
