@@ -319,11 +319,9 @@ class BenchClient {
     readonly index: number,
     readonly conn: Deno.Conn,
     readonly tally: Tally,
-    socklab: boolean,
   ) {
     this.welcomed = new Promise((resolve) => this.#welcome = resolve);
     this.barrier = new Promise((resolve) => this.#passBarrier = resolve);
-    if (!socklab) this.#welcome!();
     this.closed = this.#receive();
   }
 
@@ -344,7 +342,9 @@ class BenchClient {
   }
 
   #check(line: string, now: number): void {
-    if (line.startsWith("* you are ")) return this.#welcome!();
+    // The first line (socklab's welcome, ncat's announce) says the relay
+    // has accepted this client.
+    this.#welcome!();
     if (line.endsWith(BARRIER)) return this.#passBarrier!();
     // Not a message (a notice)? Some relays, like ncat --chat, prefix only
     // the first line of each read they forward: the rest come bare.
@@ -397,23 +397,28 @@ class BenchClient {
   }
 }
 
+const CONNECT_BATCH = 8;
+
 async function connectAll(
   target: Target,
   count: number,
   tally: Tally,
-  socklab: boolean,
 ): Promise<BenchClient[]> {
   const clients: BenchClient[] = [];
-  // A few hundred at a time, so the listen backlog never overflows.
-  for (let first = 0; first < count; first += 200) {
+  // A few at a time: some relays (ncat) listen with a short backlog, and
+  // a connection the backlog drops waits a second or more to try again.
+  for (let first = 0; first < count; first += CONNECT_BATCH) {
     const batch = await Promise.all(
-      Array.from({ length: Math.min(200, count - first) }, async (_, i) => {
-        const conn = await Deno.connect({
-          hostname: target.host,
-          port: target.port,
-        });
-        return new BenchClient(first + i, conn, tally, socklab);
-      }),
+      Array.from(
+        { length: Math.min(CONNECT_BATCH, count - first) },
+        async (_, i) => {
+          const conn = await Deno.connect({
+            hostname: target.host,
+            port: target.port,
+          });
+          return new BenchClient(first + i, conn, tally);
+        },
+      ),
     );
     clients.push(...batch);
     await Promise.all(batch.map((client) => client.welcomed));
@@ -479,12 +484,11 @@ export async function runBench(
   progress?: (text: string) => void,
 ): Promise<BenchReport> {
   const target = await startTarget(options);
-  const socklab = options.command === undefined;
   try {
     const idle = memoryKiB(target.pid, "VmRSS");
     const expected = options.senders * options.messages * (options.clients - 1);
     const tally = new Tally(expected);
-    const clients = await connectAll(target, options.clients, tally, socklab);
+    const clients = await connectAll(target, options.clients, tally);
     await writeAll(clients[0].conn, new TextEncoder().encode(`${BARRIER}\n`));
     const barrier = Promise.all(
       clients.slice(1).map((client) => client.barrier),
@@ -575,7 +579,7 @@ export async function runIterative(
           port: target.port,
         });
         const tally = new Tally(0);
-        const client = new BenchClient(index, conn, tally, true);
+        const client = new BenchClient(index, conn, tally);
         await client.welcomed;
         waits.push(performance.now() - connectedAt);
         await client.send(options.messages, options.rate);
