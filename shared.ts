@@ -181,9 +181,15 @@ const CONTROL_CHARACTERS =
  * Unicode (accents, Devanagari, CJK, emoji) passes unchanged.
  */
 export function cleanText(text: string): string {
+  // Most lines hold nothing to remove: one test, then no copies.
+  if (!UNSAFE.test(text)) return text;
   return text.replace(ESCAPE_SEQUENCES, "").replace(CONTROL_CHARACTERS, "")
     .replaceAll("\t", " ");
 }
+
+// Any character that cleanText removes or replaces.
+// deno-lint-ignore no-control-regex -- matching control bytes is the point
+const UNSAFE = /[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/;
 
 // ---------------------------------------------------------------------------
 // Line formats of the chat protocol

@@ -1,0 +1,127 @@
+/**
+ * The benchmarks, run small: their reports are checked for what they
+ * count, never for speed (the figures live in the README).
+ * @module
+ */
+
+import { assert, assertEquals, assertMatch } from "@std/assert";
+import { hasProgram, Spawned } from "./helpers.ts";
+
+/** Runs a bench script with --json and parses each line it prints. */
+async function benchJson(script: string, args: string[]) {
+  await using run = new Spawned(["run", "-A", script, ...args, "--json"]);
+  const status = await run.status();
+  assertEquals(status.code, 0, run.stderr.all.join("\n"));
+  return run.stdout.all.map((line) => JSON.parse(line));
+}
+
+Deno.test("deno task bench, small: every message reaches every other client, whole and in order", async () => {
+  const [report] = await benchJson("bench/bench.ts", [
+    "--clients",
+    "4",
+    "--messages",
+    "25",
+  ]);
+  assertEquals(report.target, "server.ts");
+  assertEquals(report.expected, 4 * 25 * 3);
+  assertEquals(report.delivered, report.expected);
+  assertEquals([report.lost, report.garbled, report.outOfOrder], [0, 0, 0]);
+  assert(report.deliveriesPerSecond > 0);
+  assert(
+    report.latencyMs.p50 <= report.latencyMs.p99 &&
+      report.latencyMs.p99 <= report.latencyMs.max,
+  );
+  assertMatch(report.notes[0], /--rate-limit 0 --max-clients 14/);
+  if (Deno.build.os === "linux") {
+    assert(
+      report.memoryKiB.idle > 0 &&
+        report.memoryKiB.peak >= report.memoryKiB.idle,
+    );
+    assert(report.serverCpuSeconds >= 0);
+  }
+});
+
+Deno.test("deno task bench --rate and --senders pace and limit the senders", async () => {
+  const [report] = await benchJson("bench/bench.ts", [
+    "--clients",
+    "3",
+    "--senders",
+    "1",
+    "--messages",
+    "5",
+    "--rate",
+    "50",
+  ]);
+  assertEquals(report.expected, 5 * 2);
+  assertEquals(report.delivered, 10);
+  assert(report.seconds >= 0.08, "5 messages at 50 a second take about 0.1 s");
+});
+
+Deno.test("deno task bench --iterative serves the clients one at a time", async () => {
+  const [report] = await benchJson("bench/bench.ts", [
+    "--clients",
+    "3",
+    "--messages",
+    "5",
+    "--iterative",
+  ]);
+  assertEquals(report.target, "server.ts --iterative");
+  assertEquals(report.clients, 3);
+  assert(report.waitInBacklogMs.max >= report.waitInBacklogMs.p50);
+});
+
+Deno.test({
+  name: "deno task bench --command drives another relay (ncat --chat)",
+  ignore: !hasProgram("ncat"),
+  async fn() {
+    const [report] = await benchJson("bench/bench.ts", [
+      "--clients",
+      "3",
+      "--messages",
+      "5",
+      "--command",
+      "ncat -l --chat 127.0.0.1 {port}",
+    ]);
+    assertEquals(report.target, "ncat -l --chat 127.0.0.1 {port}");
+    assertEquals(report.expected, 30);
+    assert(report.delivered > 0);
+  },
+});
+
+Deno.test("deno task bench:udp, small: echo and month answer every request", async () => {
+  const reports = await benchJson("bench/bench_udp.ts", [
+    "--clients",
+    "2",
+    "--requests",
+    "20",
+  ]);
+  assertEquals(reports.map((report) => report.service), ["echo", "month"]);
+  for (const report of reports) {
+    assertEquals([report.sent, report.answered, report.lossPercent], [
+      40,
+      40,
+      0,
+    ]);
+    assert(report.roundTripMs.p50 <= report.roundTripMs.max);
+  }
+});
+
+Deno.test("deno task bench:udp --drop measures the loss it causes", async () => {
+  const [report] = await benchJson("bench/bench_udp.ts", [
+    "--service",
+    "echo",
+    "--clients",
+    "1",
+    "--requests",
+    "40",
+    "--drop",
+    "1",
+    "--timeout",
+    "20",
+  ]);
+  assertEquals([report.sent, report.answered, report.lossPercent], [
+    40,
+    0,
+    100,
+  ]);
+});
