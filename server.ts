@@ -21,6 +21,7 @@ import {
   connectionHints,
   DEFAULT_PORT,
   encodeLine,
+  encodeLines,
   errorLine,
   type Frame,
   type InventoryReply,
@@ -336,6 +337,9 @@ export class ChatServer {
   /** Every connection, in the chat or not yet (before /auth). */
   #connections = new Set<Client>();
   #guestNumber = 0;
+  /** Messages of the read being handled, and who sent them. */
+  #relayed: string[] = [];
+  #relayedFrom?: Client;
   #idleSweeper?: ReturnType<typeof setInterval>;
   #stopping?: Promise<void>;
 
@@ -485,9 +489,18 @@ export class ChatServer {
   }
 
   #handleFrames(client: Client, frames: Frame[]): void {
+    try {
+      this.#handleEach(client, frames);
+    } finally {
+      this.#sendRelayed();
+    }
+  }
+
+  #handleEach(client: Client, frames: Frame[]): void {
+    const now = performance.now();
     for (const frame of frames) {
       if (client.leftBecause) return;
-      client.lastHeard = performance.now();
+      client.lastHeard = now;
       if (frame === LINE_TOO_LONG) {
         this.#sendTo(
           client,
@@ -586,6 +599,8 @@ export class ChatServer {
     const input = parseChatInput(line);
     if (input.kind === "empty") return;
     if (input.kind === "message") return this.#relay(client, input.text);
+    // What a command does comes after the messages sent before it.
+    this.#sendRelayed();
     const { command, rest } = input;
     switch (command) {
       case "/nick":
@@ -618,11 +633,24 @@ export class ChatServer {
     }
   }
 
-  /** A message to everyone else (the sender does not get it back). */
+  /**
+   * A message to everyone else (the sender does not get it back). The
+   * messages of one read are sent together, encoded once for everyone:
+   * one piece in each outbox, however many lines the read held.
+   */
   #relay(client: Client, text: string): void {
     const line = messageLine(client.name, text);
     if (!this.options.quiet) this.#print(line);
-    this.#broadcast(line, client);
+    this.#relayed.push(line);
+    this.#relayedFrom = client;
+  }
+
+  /** Sends the messages gathered from one read, if any. */
+  #sendRelayed(): void {
+    if (this.#relayed.length === 0) return;
+    const lines = this.#relayed;
+    this.#relayed = [];
+    this.#broadcastBytes(encodeLines(lines), this.#relayedFrom);
   }
 
   #rename(client: Client, newName: string): void {
@@ -701,7 +729,10 @@ export class ChatServer {
 
   /** Sends a line to every client but `except`, encoded once for all. */
   #broadcast(line: string, except?: Client): void {
-    const bytes = encodeLine(line);
+    this.#broadcastBytes(encodeLine(line), except);
+  }
+
+  #broadcastBytes(bytes: Uint8Array, except?: Client): void {
     // The Map itself, not a copy: a client that leaves meanwhile is skipped.
     for (const client of this.#clients.values()) {
       if (client !== except) this.#sendBytes(client, bytes);

@@ -161,6 +161,11 @@ export function encodeLine(text: string): Uint8Array {
   return encoder.encode(text + "\n");
 }
 
+/** Encodes lines as UTF-8, each with its `\n`, in one piece. */
+export function encodeLines(lines: string[]): Uint8Array {
+  return encoder.encode(lines.join("\n") + "\n");
+}
+
 // ---------------------------------------------------------------------------
 // Text cleaning
 // ---------------------------------------------------------------------------
