@@ -128,6 +128,12 @@ export interface ServerOptions {
   tls?: { cert: string; key: string };
   /** Keep the room's messages off the console (log lines only). @default false */
   quiet?: boolean;
+  /**
+   * Joins and leaves are announced to everyone while the room has at most
+   * this many clients; in a bigger room they would flood every screen (and
+   * cost everyone a line for each arrival). @default 100
+   */
+  announceLimit?: number;
   /** Prints one line of the console (log lines and chat lines). */
   print: (line: string) => void;
 }
@@ -434,7 +440,14 @@ export class ChatServer {
       );
     }
     this.#sendWelcome(client, others);
-    this.#broadcast(noticeLine(`${client.name} joined`), client);
+    if (this.#announces()) {
+      this.#broadcast(noticeLine(`${client.name} joined`), client);
+    }
+  }
+
+  /** Does the room announce joins and leaves at its size? */
+  #announces(): boolean {
+    return this.#clients.size <= (this.options.announceLimit ?? 100);
   }
 
   #nextGuestName(): string {
@@ -583,7 +596,7 @@ export class ChatServer {
     this.#log(`${client.label} left (${reason})`);
     const inChat = this.#clients.get(nameKey(client.name)) === client;
     if (inChat) this.#clients.delete(nameKey(client.name));
-    if (inChat && reason !== "shutdown") {
+    if (inChat && reason !== "shutdown" && this.#announces()) {
       const plain = ["quit", "closed", "reset"].includes(reason);
       const why = plain || reason.startsWith("error") ? "" : ` (${reason})`;
       this.#broadcast(noticeLine(`${client.name} left${why}`));

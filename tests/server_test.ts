@@ -368,3 +368,21 @@ async function assertRefused(port: number): Promise<void> {
   }
   throw new Error("the server still accepts connections");
 }
+
+Deno.test("a room bigger than the announce limit stops announcing joins and leaves", async () => {
+  await using room = startServer({ announceLimit: 2 });
+  await using amey = await TestClient.join(room.port, "amey");
+  await using karan = await TestClient.join(room.port, "karan");
+  assertEquals(await amey.lines.waitFor(/joined/), "* guest-2 joined");
+  const third = await TestClient.join(room.port);
+  third.close();
+  await room.console.waitFor(/guest-3 left \(closed\)/);
+  // Its join and leave were logged, not announced: the next line is /who's.
+  await amey.send("/who");
+  assertMatch(
+    await amey.lines.waitFor(/^\*/),
+    /^\* (guest-2 is now known as karan|online)/,
+  );
+  assertEquals(amey.lines.all.filter((line) => /guest-3/.test(line)), []);
+  assert(karan.lines.all.length > 0);
+});
