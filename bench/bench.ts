@@ -14,6 +14,7 @@
  * @module
  */
 
+import { cpuSeconds, percentile, round, startScript } from "./measure.ts";
 import {
   argsOrExit,
   LINE_TOO_LONG,
@@ -145,52 +146,23 @@ async function startSocklab(options: BenchOptions): Promise<Target> {
     "--max-clients",
     String(options.clients + 10),
   ];
-  const args = [
-    "run",
-    "-A",
-    "server.ts",
-    "--host",
-    "127.0.0.1",
-    "--port",
-    "0",
-    "--quiet",
+  const flags = [
     ...raised,
+    "--quiet",
+    ...(options.iterative ? ["--iterative"] : []),
   ];
-  if (options.iterative) args.push("--iterative");
-  const child = new Deno.Command(Deno.execPath(), {
-    args,
-    cwd: new URL("..", import.meta.url).pathname,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  let port = 0;
-  while (!port) {
-    const { value, done } = await lines.read();
-    if (done) throw new Error("server.ts stopped before it listened");
-    text += value;
-    port = Number(/listening on [\d.]+:(\d+)/.exec(text)?.[1] ?? 0);
-  }
-  // Keep reading its log, so that a full pipe never blocks the server.
-  (async () => {
-    while (!(await lines.read()).done);
-  })();
+  const server = await startScript("server.ts", flags);
   return {
     host: "127.0.0.1",
-    port,
-    pid: child.pid,
+    port: server.port,
+    pid: server.pid,
     label: `server.ts${options.iterative ? " --iterative" : ""}`,
     notes: [
       `server.ts started with ${
         raised.join(" ")
       } --quiet: a burst is far above the default flood limit (20 lines a second), and a big room above the default client cap (1000)`,
     ],
-    stop: async () => {
-      child.kill("SIGTERM");
-      await child.status;
-    },
+    stop: server.stop,
   };
 }
 
@@ -241,18 +213,6 @@ function isListening(port: number): boolean {
     }
   }
   return false;
-}
-
-/** CPU seconds a process has used (user + system), from /proc. */
-function cpuSeconds(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return undefined;
-  }
 }
 
 /** A memory figure of a process from /proc, in KiB (VmRSS, or VmHWM: its peak). */
@@ -465,17 +425,6 @@ async function withTimeout(promise: Promise<unknown>, ms: number) {
   const settled = await Promise.race([promise.then(() => true), timeout]);
   clearTimeout(timer);
   return settled;
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return 0;
-  return sorted[
-    Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))
-  ];
-}
-
-function round(value: number, digits = 3): number {
-  return Number(value.toFixed(digits));
 }
 
 /** Runs the bench against a chat relay (concurrent). */

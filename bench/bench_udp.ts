@@ -13,6 +13,7 @@
  * @module
  */
 
+import { cpuSeconds, percentile, round, startScript } from "./measure.ts";
 import {
   argsOrExit,
   parseChoice,
@@ -102,58 +103,15 @@ async function startServer(service: string, drop: number) {
     "0",
     ...(drop > 0 ? ["--drop", String(drop)] : []),
   ];
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      "udp_server.ts",
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--service",
-      service,
-      ...flags,
-    ],
-    cwd: new URL("..", import.meta.url).pathname,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  let port = 0;
-  while (!port) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error("udp_server.ts stopped before it listened");
-    text += value;
-    port = Number(/listening on [\d.]+:(\d+)/.exec(text)?.[1] ?? 0);
-  }
-  // Keep reading its log (the month service logs every request).
-  (async () => {
-    while (!(await reader.read()).done);
-  })();
-  return {
-    port,
-    pid: child.pid,
-    note: `udp_server.ts started with ${
-      flags.join(" ")
-    }: the default rate limit (20 datagrams a second a peer) is far below this load`,
-    stop: async () => {
-      child.kill("SIGTERM");
-      await child.status;
-    },
-  };
-}
-
-function cpuSeconds(pid: number): number | undefined {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return undefined;
-  }
+  const server = await startScript("udp_server.ts", [
+    "--service",
+    service,
+    ...flags,
+  ]);
+  const note = `udp_server.ts started with ${
+    flags.join(" ")
+  }: the default rate limit (20 datagrams a second a peer) is far below this load`;
+  return { ...server, note };
 }
 
 /** One client's closed loop: a request, its reply or a timeout, the next. */
@@ -216,15 +174,6 @@ async function clientLoop(
   }
   return answered;
 }
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return 0;
-  return sorted[
-    Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))
-  ];
-}
-
-const round = (value: number) => Number(value.toFixed(3));
 
 /** Runs the closed-loop load against one service. */
 export async function runUdpBench(

@@ -356,9 +356,22 @@ export function startServer(options: Partial<ServerOptions> = {}) {
     print: (line) => console.push(line),
     ...options,
   });
+  return { ...inProcess(server, console), console };
+}
+
+/**
+ * A server running in the test's process, its log, and its port; `await
+ * using` stops it.
+ */
+function inProcess<
+  Server extends { addr: Deno.NetAddr; stop(): Promise<void> },
+>(
+  server: Server,
+  log: LineQueue,
+) {
   return {
     server,
-    console,
+    log,
     port: server.addr.port,
     [Symbol.asyncDispose]: () => server.stop(),
   };
@@ -440,12 +453,7 @@ export function startUdpServer(options: Partial<UdpServerOptions> = {}) {
     print: (line) => log.push(line),
     ...options,
   });
-  return {
-    server,
-    log,
-    port: server.addr.port,
-    [Symbol.asyncDispose]: () => server.stop(),
-  };
+  return inProcess(server, log);
 }
 
 /**
@@ -462,12 +470,7 @@ export async function startInventory(
     print: (line) => log.push(line),
     ...options,
   });
-  return {
-    server,
-    log,
-    port: server.addr.port,
-    [Symbol.asyncDispose]: () => server.stop(),
-  };
+  return inProcess(server, log);
 }
 
 /**
