@@ -431,7 +431,7 @@ export class ChatServer {
   /** Lets a client into the chat, under a guest name. */
   #admit(client: Client): void {
     client.name = this.#nextGuestName();
-    const others = this.names;
+    const others = this.#clients.size;
     this.#clients.set(nameKey(client.name), client);
     this.#log(`${client.name} joined from ${client.address}`);
     if (this.options.iterative) {
@@ -458,15 +458,20 @@ export class ChatServer {
     return name;
   }
 
-  #sendWelcome(client: Client, others: string[]): void {
+  #sendWelcome(client: Client, others: number): void {
     const operator = `${this.options.operatorName} (operator)`;
+    // A big room is counted, not listed: /who lists it on demand.
+    const online = this.#announces()
+      ? [...this.names.filter((name) => name !== client.name), operator]
+        .join(", ")
+      : `${others} others and ${operator}; /who lists them`;
     const mode = this.options.iterative
       ? "an iterative server: one client at a time, so it is just you and the operator"
       : "a group chat: each line you send goes to everyone";
     this.#sendTo(client, noticeLine(`welcome to socklab chat, ${mode}`));
     this.#sendTo(
       client,
-      noticeLine(`online: ${[...others, operator].join(", ")}`),
+      noticeLine(`online: ${online}`),
     );
     this.#sendTo(
       client,

@@ -37,6 +37,10 @@ export const LINE_TOO_LONG: unique symbol = Symbol("line too long");
 /** A line of text, or the marker of a line that was too long and dropped. */
 export type Frame = string | typeof LINE_TOO_LONG;
 
+// One decoder for every framer: it decodes whole lines, never a stream,
+// so it keeps no state between calls (and each connection saves one).
+const lineDecoder = new TextDecoder();
+
 const LF = 0x0a;
 const CR = 0x0d;
 
@@ -53,8 +57,6 @@ export class LineFramer {
   #size = 0;
   #dropping = false;
   #afterCR = false;
-  #decoder = new TextDecoder();
-
   /** @param maxLineBytes the longest line kept, in bytes */
   constructor(readonly maxLineBytes: number = MAX_LINE_BYTES) {}
 
@@ -79,7 +81,7 @@ export class LineFramer {
       if (this.#size === 0 && !this.#dropping) {
         // The whole line is in this read: decode it from there, no copy.
         const tooLong = piece.length > this.maxLineBytes;
-        frames.push(tooLong ? LINE_TOO_LONG : this.#decoder.decode(piece));
+        frames.push(tooLong ? LINE_TOO_LONG : lineDecoder.decode(piece));
       } else {
         this.#keep(piece, frames);
         if (this.#dropping) this.#dropping = false;
@@ -124,7 +126,7 @@ export class LineFramer {
       : concatBytes(this.#pieces, this.#size);
     this.#pieces = [];
     this.#size = 0;
-    return this.#decoder.decode(bytes);
+    return lineDecoder.decode(bytes);
   }
 }
 
