@@ -50,6 +50,7 @@ import {
   privateLine,
   splitFirstWord,
   type Stock,
+  Stoppable,
   TCP_SERVICES,
   TokenBucket,
   UsageError,
@@ -333,7 +334,7 @@ async function acceptConnections(
 }
 
 /** A running chat server. */
-export class ChatServer {
+export class ChatServer extends Stoppable {
   readonly options: ServerOptions;
   readonly listener: Deno.Listener;
   /** Settles when the server has stopped. */
@@ -347,9 +348,9 @@ export class ChatServer {
   #relayed: string[] = [];
   #relayedFrom?: Client;
   #idleSweeper?: ReturnType<typeof setInterval>;
-  #stopping?: Promise<void>;
 
   private constructor(options: ServerOptions, listener: Deno.Listener) {
+    super();
     this.options = options;
     this.listener = listener;
     if (options.idleTimeoutMs > 0) {
@@ -822,17 +823,7 @@ export class ChatServer {
    * Stops accepting, tells every client the server is shutting down, and
    * closes each connection once its last lines are sent.
    */
-  stop(): Promise<void> {
-    this.#stopping ??= this.#stop();
-    return this.#stopping;
-  }
-
-  /** Stops the server when a `using` block ends (in tests). */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.stop();
-  }
-
-  async #stop(): Promise<void> {
+  protected override async shutDown(): Promise<void> {
     this.#log("shutting down");
     clearInterval(this.#idleSweeper);
     try {
@@ -1130,7 +1121,7 @@ interface Customer {
 }
 
 /** A running inventory server. */
-export class InventoryServer {
+export class InventoryServer extends Stoppable {
   readonly options: InventoryOptions;
   readonly listener: Deno.Listener;
   /** Settles when the server has stopped accepting. */
@@ -1139,13 +1130,13 @@ export class InventoryServer {
   readonly #dataFile?: DataFile;
   readonly #connections = new Set<Customer>();
   #idleSweeper?: ReturnType<typeof setInterval>;
-  #stopping?: Promise<void>;
 
   private constructor(
     options: InventoryOptions,
     listener: Deno.Listener,
     inventory: Inventory,
   ) {
+    super();
     this.options = options;
     this.listener = listener;
     this.#inventory = inventory;
@@ -1224,7 +1215,7 @@ export class InventoryServer {
         for (const frame of framer.end()) await this.#answer(customer, frame);
       }
     } catch (error) {
-      reason = this.#stopping ? "shutdown" : leaveReasonOf(error);
+      reason = this.stopping ? "shutdown" : leaveReasonOf(error);
     }
     this.#connections.delete(customer);
     this.#log(`${address} disconnected (${reason})`);
@@ -1316,17 +1307,7 @@ export class InventoryServer {
   }
 
   /** Stops accepting, lets the last saves finish, closes every connection. */
-  stop(): Promise<void> {
-    this.#stopping ??= this.#stop();
-    return this.#stopping;
-  }
-
-  /** Stops the server when a `using` block ends (in tests). */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.stop();
-  }
-
-  async #stop(): Promise<void> {
+  protected override async shutDown(): Promise<void> {
     this.#log("shutting down");
     clearInterval(this.#idleSweeper);
     this.listener.close();

@@ -298,6 +298,40 @@ export type InventoryReply =
   | { ok: false; error: string };
 
 // ---------------------------------------------------------------------------
+// Servers that stop once
+// ---------------------------------------------------------------------------
+
+/**
+ * A server that stops once, however often it is asked (Ctrl-C, /quit and
+ * SIGTERM may all come), and when a `using` block ends in a test.
+ */
+export abstract class Stoppable {
+  #stopping = false;
+  #stopped?: Promise<void>;
+
+  /** Has it begun to stop? (True from the first moment of shutDown.) */
+  get stopping(): boolean {
+    return this.#stopping;
+  }
+
+  /** Stops; every later call gets the same promise. */
+  stop(): Promise<void> {
+    if (!this.#stopped) {
+      this.#stopping = true;
+      this.#stopped = this.shutDown();
+    }
+    return this.#stopped;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
+  }
+
+  /** The server's own way to stop, run once. */
+  protected abstract shutDown(): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------
 // Limits and passwords
 // ---------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ import {
   passwordMatches,
   requireUdp,
   splitFirstWord,
+  Stoppable,
   TokenBucket,
   UDP_SERVICES,
   type UdpService,
@@ -144,7 +145,7 @@ interface Peer {
 }
 
 /** A running UDP server. */
-export class UdpServer {
+export class UdpServer extends Stoppable {
   readonly options: UdpServerOptions;
   readonly socket: Deno.DatagramConn;
   /** Settles when the receive loop has ended. */
@@ -155,10 +156,10 @@ export class UdpServer {
   #rates = new Map<string, PeerRate>();
   #delayedReplies = new Set<ReturnType<typeof setTimeout>>();
   #sweeper?: ReturnType<typeof setInterval>;
-  #stopping?: Promise<void>;
   #decoder = new TextDecoder("utf-8", { fatal: true });
 
   private constructor(options: UdpServerOptions, socket: Deno.DatagramConn) {
+    super();
     this.options = options;
     this.socket = socket;
     this.#random = options.seed === undefined
@@ -211,7 +212,7 @@ export class UdpServer {
   // -------------------------------------------------------------------------
 
   async #receiveLoop(): Promise<void> {
-    while (!this.#stopping) {
+    while (!this.stopping) {
       // One byte more than the limit, to tell a datagram that is too long.
       const buffer = new Uint8Array(this.options.maxDatagram + 1);
       let datagram: Uint8Array;
@@ -222,7 +223,7 @@ export class UdpServer {
         datagram = data;
         from = address as Deno.NetAddr;
       } catch (error) {
-        if (this.#stopping) return;
+        if (this.stopping) return;
         // Windows reports here that an earlier reply could not be
         // delivered (ICMP port unreachable): that peer is gone, go on.
         this.#log(`receive failed: ${networkReason(error)}`);
@@ -512,7 +513,7 @@ export class UdpServer {
     } catch (error) {
       // A peer that has gone (or a network that is down) costs one log
       // line, never the receive loop.
-      if (!this.#stopping) {
+      if (!this.stopping) {
         this.#log(`cannot send to ${addressKey(to)}: ${networkReason(error)}`);
       }
     }
@@ -523,17 +524,7 @@ export class UdpServer {
   // -------------------------------------------------------------------------
 
   /** Tells the chat's peers, then closes the socket. */
-  stop(): Promise<void> {
-    this.#stopping ??= this.#stop();
-    return this.#stopping;
-  }
-
-  /** Stops the server when a `using` block ends (in tests). */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.stop();
-  }
-
-  async #stop(): Promise<void> {
+  protected override async shutDown(): Promise<void> {
     this.#log("shutting down");
     clearInterval(this.#sweeper);
     this.#delayedReplies.forEach((timer) => clearTimeout(timer));
