@@ -63,6 +63,25 @@ export const MAX_PENDING_BYTES = 1024 * 1024;
 /** The read buffer of each chat connection. */
 const READ_BUFFER_BYTES = 4096;
 
+/** The read buffer of a connection that is sending a burst. */
+const BURST_BUFFER_BYTES = 64 * 1024;
+
+/**
+ * The buffer for a connection's next read. Most clients send a line now
+ * and then, and hold a small buffer; one that fills it is sending a burst,
+ * and gets a big one (fewer reads, so fewer and bigger sends to everyone)
+ * until its reads are small again.
+ */
+function nextReadBuffer(buffer: Uint8Array, count: number): Uint8Array {
+  if (count === buffer.length && buffer.length < BURST_BUFFER_BYTES) {
+    return new Uint8Array(BURST_BUFFER_BYTES);
+  }
+  if (count < READ_BUFFER_BYTES / 2 && buffer.length > READ_BUFFER_BYTES) {
+    return new Uint8Array(READ_BUFFER_BYTES);
+  }
+  return buffer;
+}
+
 /** How long a leaving client may take to receive its last lines. */
 const FINAL_FLUSH_MS = 3000;
 
@@ -489,7 +508,7 @@ export class ChatServer extends Stoppable {
   async #receiveLines(client: Client): Promise<LeaveReason> {
     // Small: every connected client holds one. A longer burst takes more
     // reads, and the framer joins the pieces.
-    const buffer = new Uint8Array(READ_BUFFER_BYTES);
+    let buffer: Uint8Array = new Uint8Array(READ_BUFFER_BYTES);
     const framer = new LineFramer(this.options.maxLineBytes);
     try {
       while (!client.leftBecause) {
@@ -500,6 +519,7 @@ export class ChatServer extends Stoppable {
           return "closed";
         }
         this.#handleFrames(client, framer.push(buffer.subarray(0, count)));
+        buffer = nextReadBuffer(buffer, count);
       }
       return client.leftBecause;
     } catch (error) {

@@ -145,6 +145,8 @@ async function startSocklab(options: BenchOptions): Promise<Target> {
     "0",
     "--max-clients",
     String(options.clients + 10),
+    "--max-pending",
+    String(64 * 1024 * 1024),
   ];
   const flags = [
     ...raised,
@@ -160,7 +162,7 @@ async function startSocklab(options: BenchOptions): Promise<Target> {
     notes: [
       `server.ts started with ${
         raised.join(" ")
-      } --quiet: a burst is far above the default flood limit (20 lines a second), and a big room above the default client cap (1000)`,
+      } --quiet: a burst is far above the default flood limit (20 lines a second), a big room above the default client cap (1000), and the bench's clients (all in one busy process) read slower than the server sends, past the default 1 MiB of unread output`,
     ],
     stop: server.stop,
   };
