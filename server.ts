@@ -326,10 +326,11 @@ class FloodGuard {
  */
 async function acceptConnections(
   listener: Deno.Listener,
-  { iterative, serve, log }: {
+  { iterative, serve, log, stopping }: {
     iterative: boolean;
     serve: (conn: Deno.Conn) => Promise<void>;
     log: (text: string) => void;
+    stopping: () => boolean;
   },
 ): Promise<void> {
   while (true) {
@@ -345,7 +346,7 @@ async function acceptConnections(
     }
     if (iterative) {
       await serve(conn);
-      log("waiting for the next client in the backlog");
+      if (!stopping()) log("waiting for the next client in the backlog");
     } else {
       serve(conn);
     }
@@ -380,6 +381,7 @@ export class ChatServer extends Stoppable {
       iterative: options.iterative,
       serve: (conn) => this.#serve(conn),
       log: (text) => this.#log(text),
+      stopping: () => this.stopping,
     });
   }
 
@@ -1169,6 +1171,7 @@ export class InventoryServer extends Stoppable {
       iterative: options.iterative,
       serve: (conn) => this.#serve(conn),
       log: (text) => this.#log(text),
+      stopping: () => this.stopping,
     });
   }
 

@@ -386,3 +386,21 @@ Deno.test("a room bigger than the announce limit stops announcing joins and leav
   assertEquals(amey.lines.all.filter((line) => /guest-3/.test(line)), []);
   assert(karan.lines.all.length > 0);
 });
+
+Deno.test("an iterative server that stops does not say it waits for the next client", async () => {
+  const room = startServer({ iterative: true });
+  const amey = await TestClient.join(room.port, "amey");
+  await room.server.stop();
+  await amey.closedByServer();
+  amey.close();
+  const shutdown = room.console.all.findIndex((line) =>
+    /shutting down/.test(line)
+  );
+  assert(shutdown >= 0);
+  assertEquals(
+    room.console.all.slice(shutdown).filter((line) =>
+      /waiting for the next/.test(line)
+    ),
+    [],
+  );
+});
