@@ -15,18 +15,20 @@
 
 import {
   argsOrExit,
+  type ByteFrame,
   cleanText,
   clockTime,
   concatBytes,
   connectionHints,
+  decodeLine,
   DEFAULT_PORT,
   encodeLine,
-  encodeLines,
   errorLine,
   type Frame,
   type InventoryReply,
   isClosedByUs,
   isDisconnect,
+  isPlainMessage,
   LINE_TOO_LONG,
   LineConsole,
   LineFramer,
@@ -239,9 +241,8 @@ class Outbox {
         await new Promise<void>((resolve) => this.#wake = resolve);
         continue;
       }
-      const batch = concatBytes(this.#pending, this.#pendingBytes);
-      this.#pending = [];
-      this.#pendingBytes = 0;
+      const joined = this.#pending.length > 1 ? joinBuffers.take() : undefined;
+      const batch = this.#takeBatch(joined);
       try {
         // Send: a write may take only part of the batch; writeAll loops.
         await writeAll(this.conn, batch);
@@ -250,10 +251,61 @@ class Outbox {
         this.#pending = [];
         this.onWriteError(error);
         return;
+      } finally {
+        if (joined) joinBuffers.give(joined);
       }
     }
   }
+
+  /**
+   * The next bytes to write, taken off the queue: the first piece alone,
+   * or as many whole pieces as `joined` holds, copied into it.
+   */
+  #takeBatch(joined?: Uint8Array): Uint8Array {
+    const first = this.#pending[0];
+    if (!joined || first.length >= joined.length) {
+      this.#pending.shift();
+      this.#pendingBytes -= first.length;
+      return first;
+    }
+    let size = 0;
+    let count = 0;
+    for (const piece of this.#pending) {
+      if (size + piece.length > joined.length) break;
+      joined.set(piece, size);
+      size += piece.length;
+      count++;
+    }
+    this.#pending.splice(0, count);
+    this.#pendingBytes -= size;
+    return joined.subarray(0, size);
+  }
 }
+
+/**
+ * Spare buffers to join an outbox's queued pieces into one write. They
+ * are reused because a fresh buffer costs the kernel a zeroed page for
+ * every 4 KiB, and a burst needs thousands of joins; the few kept are
+ * all the memory they hold once the burst is over.
+ */
+class BufferPool {
+  #spare: Uint8Array[] = [];
+
+  constructor(readonly bufferBytes: number, readonly keep: number) {}
+
+  take(): Uint8Array {
+    return this.#spare.pop() ?? new Uint8Array(this.bufferBytes);
+  }
+
+  give(buffer: Uint8Array): void {
+    if (this.#spare.length < this.keep) this.#spare.push(buffer);
+  }
+}
+
+const joinBuffers = new BufferPool(64 * 1024, 64);
+
+const encoder = new TextEncoder();
+const NEWLINE = encoder.encode("\n");
 
 /** One connected client. */
 class Client {
@@ -267,6 +319,8 @@ class Client {
   lastHeard = performance.now();
   wrongPasswords = 0;
   readonly outbox: Outbox;
+  #prefix = new Uint8Array();
+  #prefixName = "";
 
   constructor(
     readonly conn: Deno.Conn,
@@ -285,6 +339,15 @@ class Client {
   /** Its name once admitted, its address before. */
   get label(): string {
     return this.name || this.address;
+  }
+
+  /** `<NAME> ` as bytes: what starts each of its messages. */
+  get messagePrefix(): Uint8Array {
+    if (this.#prefixName !== this.name) {
+      this.#prefix = encoder.encode(messageLine(this.name, ""));
+      this.#prefixName = this.name;
+    }
+    return this.#prefix;
   }
 }
 
@@ -365,7 +428,8 @@ export class ChatServer extends Stoppable {
   #connections = new Set<Client>();
   #guestNumber = 0;
   /** Messages of the read being handled, and who sent them. */
-  #relayed: string[] = [];
+  #relayed: Uint8Array[] = [];
+  #relayedBytes = 0;
   #relayedFrom?: Client;
   #idleSweeper?: ReturnType<typeof setInterval>;
 
@@ -517,10 +581,13 @@ export class ChatServer extends Stoppable {
         const count = await client.conn.read(buffer);
         if (count === null) {
           // The client closed its side: handle a last line without "\n".
-          this.#handleFrames(client, framer.end());
+          this.#handleFrames(client, framer.endBytes());
           return "closed";
         }
-        this.#handleFrames(client, framer.push(buffer.subarray(0, count)));
+        this.#handleFrames(
+          client,
+          framer.pushBytes(buffer.subarray(0, count)),
+        );
         buffer = nextReadBuffer(buffer, count);
       }
       return client.leftBecause;
@@ -529,7 +596,7 @@ export class ChatServer extends Stoppable {
     }
   }
 
-  #handleFrames(client: Client, frames: Frame[]): void {
+  #handleFrames(client: Client, frames: ByteFrame[]): void {
     try {
       this.#handleEach(client, frames);
     } finally {
@@ -537,7 +604,7 @@ export class ChatServer extends Stoppable {
     }
   }
 
-  #handleEach(client: Client, frames: Frame[]): void {
+  #handleEach(client: Client, frames: ByteFrame[]): void {
     const now = performance.now();
     for (const frame of frames) {
       if (client.leftBecause) return;
@@ -551,7 +618,7 @@ export class ChatServer extends Stoppable {
         );
         this.#log(`${client.label} sent a line that was too long`);
       } else if (!client.name) {
-        this.#authenticate(client, frame);
+        this.#authenticate(client, decodeLine(frame));
       } else if (this.#withinFloodLimit(client)) {
         this.#handleLine(client, frame);
       }
@@ -636,8 +703,9 @@ export class ChatServer extends Stoppable {
   // The protocol: messages and commands
   // -------------------------------------------------------------------------
 
-  #handleLine(client: Client, line: string): void {
-    const input = parseChatInput(line);
+  #handleLine(client: Client, bytes: Uint8Array): void {
+    if (isPlainMessage(bytes)) return this.#relayPlain(client, bytes);
+    const input = parseChatInput(decodeLine(bytes));
     if (input.kind === "empty") return;
     if (input.kind === "message") return this.#relay(client, input.text);
     // What a command does comes after the messages sent before it.
@@ -682,16 +750,39 @@ export class ChatServer extends Stoppable {
   #relay(client: Client, text: string): void {
     const line = messageLine(client.name, text);
     if (!this.options.quiet) this.#print(line);
-    this.#relayed.push(line);
+    this.#gather(client, encodeLine(line));
+  }
+
+  /**
+   * {@linkcode ChatServer.#relay} for a plain message: its bytes go out as
+   * they came, after the sender's `<NAME> `, never decoded (the fast path
+   * of a busy room).
+   */
+  #relayPlain(client: Client, text: Uint8Array): void {
+    if (!this.options.quiet) {
+      this.#print(messageLine(client.name, decodeLine(text)));
+    }
+    this.#gather(client, client.messagePrefix, text, NEWLINE);
+  }
+
+  #gather(client: Client, ...pieces: Uint8Array[]): void {
+    for (const piece of pieces) {
+      this.#relayed.push(piece);
+      this.#relayedBytes += piece.length;
+    }
     this.#relayedFrom = client;
   }
 
-  /** Sends the messages gathered from one read, if any. */
+  /**
+   * Sends the messages gathered from one read, if any, joined: they may
+   * be views of the read buffer, which the next read reuses.
+   */
   #sendRelayed(): void {
     if (this.#relayed.length === 0) return;
-    const lines = this.#relayed;
+    const joined = concatBytes(this.#relayed, this.#relayedBytes);
     this.#relayed = [];
-    this.#broadcastBytes(encodeLines(lines), this.#relayedFrom);
+    this.#relayedBytes = 0;
+    this.#broadcastBytes(joined, this.#relayedFrom);
   }
 
   #rename(client: Client, newName: string): void {

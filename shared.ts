@@ -37,9 +37,21 @@ export const LINE_TOO_LONG: unique symbol = Symbol("line too long");
 /** A line of text, or the marker of a line that was too long and dropped. */
 export type Frame = string | typeof LINE_TOO_LONG;
 
+/** A line's bytes (without its line end), or the too-long marker. */
+export type ByteFrame = Uint8Array | typeof LINE_TOO_LONG;
+
 // One decoder for every framer: it decodes whole lines, never a stream,
 // so it keeps no state between calls (and each connection saves one).
 const lineDecoder = new TextDecoder();
+
+/** Decodes a line's bytes as UTF-8 (invalid bytes become U+FFFD). */
+export function decodeLine(bytes: Uint8Array): string {
+  return lineDecoder.decode(bytes);
+}
+
+function decodeFrame(frame: ByteFrame): Frame {
+  return frame === LINE_TOO_LONG ? frame : lineDecoder.decode(frame);
+}
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -65,29 +77,33 @@ export class LineFramer {
    * @returns the frames completed by these bytes, in order
    */
   push(chunk: Uint8Array): Frame[] {
-    const frames: Frame[] = [];
-    let start = 0;
-    for (let i = 0; i < chunk.length; i++) {
-      const byte = chunk[i];
-      if (byte === LF && this.#afterCR) {
-        // The LF of a CRLF: the CR already ended the line.
-        this.#afterCR = false;
-        start = i + 1;
-        continue;
+    return this.pushBytes(chunk).map(decodeFrame);
+  }
+
+  /**
+   * {@linkcode LineFramer.push}, with each line left as bytes. A line that
+   * lies whole in `chunk` is a view of it, not a copy: use it before the
+   * caller reuses the chunk's buffer.
+   */
+  pushBytes(chunk: Uint8Array): ByteFrame[] {
+    const frames: ByteFrame[] = [];
+    // The LF of a CRLF split between reads: the CR ended the line.
+    let start = this.#afterCR && chunk[0] === LF ? 1 : 0;
+    this.#afterCR = false;
+    // Line ends are found by indexOf (native, fast), one kind at a time.
+    let nextLF = chunk.indexOf(LF, start);
+    let nextCR = chunk.indexOf(CR, start);
+    while (nextLF >= 0 || nextCR >= 0) {
+      const atLF = nextCR < 0 || (nextLF >= 0 && nextLF < nextCR);
+      const end = atLF ? nextLF : nextCR;
+      this.#endLine(chunk.subarray(start, end), frames);
+      start = end + 1;
+      if (!atLF) {
+        if (start === chunk.length) this.#afterCR = true;
+        else if (chunk[start] === LF) start++;
+        nextCR = chunk.indexOf(CR, start);
       }
-      this.#afterCR = byte === CR;
-      if (byte !== LF && byte !== CR) continue;
-      const piece = chunk.subarray(start, i);
-      if (this.#size === 0 && !this.#dropping) {
-        // The whole line is in this read: decode it from there, no copy.
-        const tooLong = piece.length > this.maxLineBytes;
-        frames.push(tooLong ? LINE_TOO_LONG : lineDecoder.decode(piece));
-      } else {
-        this.#keep(piece, frames);
-        if (this.#dropping) this.#dropping = false;
-        else frames.push(this.#takeLine());
-      }
-      start = i + 1;
+      if (nextLF >= 0 && nextLF < start) nextLF = chunk.indexOf(LF, start);
     }
     this.#keep(chunk.subarray(start), frames);
     return frames;
@@ -98,6 +114,11 @@ export class LineFramer {
    * @returns the last line if it had no line end, else nothing
    */
   end(): Frame[] {
+    return this.endBytes().map(decodeFrame);
+  }
+
+  /** {@linkcode LineFramer.end}, with the line left as bytes. */
+  endBytes(): ByteFrame[] {
     const unfinished = this.#size > 0 && !this.#dropping;
     const frames = unfinished ? [this.#takeLine()] : [];
     this.#dropping = false;
@@ -106,7 +127,19 @@ export class LineFramer {
     return frames;
   }
 
-  #keep(piece: Uint8Array, frames: Frame[]): void {
+  /** `piece` ends a line: the line is complete, or it was too long. */
+  #endLine(piece: Uint8Array, frames: ByteFrame[]): void {
+    if (this.#size === 0 && !this.#dropping) {
+      // The whole line is in this read: hand it over from there, no copy.
+      frames.push(piece.length > this.maxLineBytes ? LINE_TOO_LONG : piece);
+      return;
+    }
+    this.#keep(piece, frames);
+    if (this.#dropping) this.#dropping = false;
+    else frames.push(this.#takeLine());
+  }
+
+  #keep(piece: Uint8Array, frames: ByteFrame[]): void {
     if (piece.length === 0 || this.#dropping) return;
     if (this.#size + piece.length > this.maxLineBytes) {
       this.#dropping = true;
@@ -120,13 +153,13 @@ export class LineFramer {
     this.#size += piece.length;
   }
 
-  #takeLine(): string {
+  #takeLine(): Uint8Array {
     const bytes = this.#pieces.length === 1
       ? this.#pieces[0]
       : concatBytes(this.#pieces, this.#size);
     this.#pieces = [];
     this.#size = 0;
-    return lineDecoder.decode(bytes);
+    return bytes;
   }
 }
 
@@ -161,11 +194,6 @@ const encoder = new TextEncoder();
 /** Encodes text as one UTF-8 line, with its `\n`. */
 export function encodeLine(text: string): Uint8Array {
   return encoder.encode(text + "\n");
-}
-
-/** Encodes lines as UTF-8, each with its `\n`, in one piece. */
-export function encodeLines(lines: string[]): Uint8Array {
-  return encoder.encode(lines.join("\n") + "\n");
 }
 
 // ---------------------------------------------------------------------------
@@ -243,6 +271,25 @@ export function parseChatInput(rawLine: string): ChatInput {
   const rest = space < 0 ? "" : line.slice(space + 1).trim();
   return { kind: "command", command, rest };
 }
+
+/**
+ * Is this line (as bytes) a message that {@linkcode parseChatInput} would
+ * pass on unchanged? Printable ASCII only, not a command, no trailing
+ * space. A server can then relay its bytes as they are, without decoding,
+ * cleaning and encoding them again: most chat lines are like this.
+ */
+export function isPlainMessage(line: Uint8Array): boolean {
+  const last = line.length - 1;
+  if (last < 0 || line[0] === SLASH || line[last] === SPACE) return false;
+  for (let i = 0; i <= last; i++) {
+    if (line[i] < SPACE || line[i] > TILDE) return false;
+  }
+  return true;
+}
+
+const SPACE = 0x20;
+const SLASH = 0x2f;
+const TILDE = 0x7e;
 
 /** Splits `NAME TEXT` (as /msg takes it) into the name and the text. */
 export function splitFirstWord(text: string): [string, string] {

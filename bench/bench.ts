@@ -14,7 +14,13 @@
  * @module
  */
 
-import { cpuSeconds, percentile, round, startScript } from "./measure.ts";
+import {
+  cpuSample,
+  cpuSecondsBetween,
+  percentile,
+  round,
+  startScript,
+} from "./measure.ts";
 import {
   argsOrExit,
   LINE_TOO_LONG,
@@ -448,7 +454,7 @@ export async function runBench(
       throw new Error("the relay did not pass a line to every client in time");
     }
     const connected = memoryKiB(target.pid, "VmRSS");
-    const cpuBefore = cpuSeconds(target.pid);
+    const cpuBefore = cpuSample(target.pid);
     const start = performance.now();
     const ticker = setInterval(
       () =>
@@ -466,14 +472,12 @@ export async function runBench(
     await withTimeout(tally.done, options.timeoutMs);
     clearInterval(ticker);
     const seconds = (performance.now() - start) / 1000;
-    const cpuAfter = cpuSeconds(target.pid);
+    const cpuAfter = cpuSample(target.pid);
     const peak = memoryKiB(target.pid, "VmHWM");
     clients.forEach((client) => client.close());
     await Promise.all(clients.map((client) => client.closed));
     const sorted = tally.latencies.sort((a, b) => a - b);
-    const cpu = cpuBefore !== undefined && cpuAfter !== undefined
-      ? cpuAfter - cpuBefore
-      : undefined;
+    const cpu = cpuSecondsBetween(cpuBefore, cpuAfter);
     return {
       target: target.label,
       clients: options.clients,
@@ -493,7 +497,7 @@ export async function runBench(
         p99: round(percentile(sorted, 99)),
         max: round(sorted.at(-1) ?? 0),
       },
-      serverCpuSeconds: cpu === undefined ? undefined : round(cpu, 2),
+      serverCpuSeconds: cpu === undefined ? undefined : round(cpu, 4),
       cpuMsPer1000Deliveries: cpu === undefined || tally.delivered === 0
         ? undefined
         : round((cpu * 1e6) / tally.delivered, 3),

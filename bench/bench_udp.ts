@@ -13,7 +13,14 @@
  * @module
  */
 
-import { cpuSeconds, percentile, round, startScript } from "./measure.ts";
+import {
+  cpuSample,
+  cpuSecondsBetween,
+  optionalRound,
+  percentile,
+  round,
+  startScript,
+} from "./measure.ts";
 import {
   argsOrExit,
   parseChoice,
@@ -183,7 +190,7 @@ export async function runUdpBench(
   const server = await startServer(service, options.drop);
   try {
     const roundTrips: number[] = [];
-    const cpuBefore = cpuSeconds(server.pid);
+    const cpuBefore = cpuSample(server.pid);
     const start = performance.now();
     const answered = await Promise.all(
       Array.from(
@@ -192,7 +199,7 @@ export async function runUdpBench(
       ),
     );
     const seconds = (performance.now() - start) / 1000;
-    const cpuAfter = cpuSeconds(server.pid);
+    const cpuAfter = cpuSample(server.pid);
     const sent = options.clients * options.requests;
     const total = answered.reduce((a, b) => a + b, 0);
     const sorted = roundTrips.sort((a, b) => a - b);
@@ -210,9 +217,7 @@ export async function runUdpBench(
         p99: round(percentile(sorted, 99)),
         max: round(sorted.at(-1) ?? 0),
       },
-      serverCpuSeconds: cpuBefore === undefined || cpuAfter === undefined
-        ? undefined
-        : round(cpuAfter - cpuBefore),
+      serverCpuSeconds: optionalRound(cpuSecondsBetween(cpuBefore, cpuAfter)),
       notes: [server.note],
     };
   } finally {
