@@ -68,22 +68,6 @@ const READ_BUFFER_BYTES = 4096;
 /** The read buffer of a connection that is sending a burst. */
 const BURST_BUFFER_BYTES = 64 * 1024;
 
-/**
- * The buffer for a connection's next read. Most clients send a line now
- * and then, and hold a small buffer; one that fills it is sending a burst,
- * and gets a big one (fewer reads, so fewer and bigger sends to everyone)
- * until its reads are small again.
- */
-function nextReadBuffer(buffer: Uint8Array, count: number): Uint8Array {
-  if (count === buffer.length && buffer.length < BURST_BUFFER_BYTES) {
-    return new Uint8Array(BURST_BUFFER_BYTES);
-  }
-  if (count < READ_BUFFER_BYTES / 2 && buffer.length > READ_BUFFER_BYTES) {
-    return new Uint8Array(READ_BUFFER_BYTES);
-  }
-  return buffer;
-}
-
 /** How long a leaving client may take to receive its last lines. */
 const FINAL_FLUSH_MS = 3000;
 
@@ -241,8 +225,12 @@ class Outbox {
         await new Promise<void>((resolve) => this.#wake = resolve);
         continue;
       }
-      const joined = this.#pending.length > 1 ? joinBuffers.take() : undefined;
-      const batch = this.#takeBatch(joined);
+      let spare: Uint8Array | undefined;
+      let batch = this.#takeSideBySide();
+      if (batch === undefined) {
+        spare = joinBuffers.take();
+        batch = this.#takeJoined(spare);
+      }
       try {
         // Send: a write may take only part of the batch; writeAll loops.
         await writeAll(this.conn, batch);
@@ -252,33 +240,84 @@ class Outbox {
         this.onWriteError(error);
         return;
       } finally {
-        if (joined) joinBuffers.give(joined);
+        if (spare) joinBuffers.give(spare);
       }
     }
   }
 
   /**
-   * The next bytes to write, taken off the queue: the first piece alone,
-   * or as many whole pieces as `joined` holds, copied into it.
+   * The pieces at the head of the queue that lie side by side in one
+   * buffer (relayed messages do: see {@linkcode RelayBuffer}), taken off
+   * as one view, without copying; or undefined when the head piece is a
+   * small one apart, better joined with the next by a copy.
    */
-  #takeBatch(joined?: Uint8Array): Uint8Array {
-    const first = this.#pending[0];
-    if (!joined || first.length >= joined.length) {
-      this.#pending.shift();
-      this.#pendingBytes -= first.length;
-      return first;
+  #takeSideBySide(): Uint8Array | undefined {
+    let batch = this.#pending[0];
+    let count = 1;
+    while (
+      count < this.#pending.length && follows(batch, this.#pending[count])
+    ) {
+      batch = new Uint8Array(
+        batch.buffer,
+        batch.byteOffset,
+        batch.length + this.#pending[count].length,
+      );
+      count++;
     }
+    const lone = count === 1 && this.#pending.length > 1;
+    if (lone && batch.length < joinBuffers.bufferBytes) return undefined;
+    this.#pending.splice(0, count);
+    this.#pendingBytes -= batch.length;
+    return batch;
+  }
+
+  /** As many whole pieces as `spare` holds, copied into it. */
+  #takeJoined(spare: Uint8Array): Uint8Array {
     let size = 0;
     let count = 0;
     for (const piece of this.#pending) {
-      if (size + piece.length > joined.length) break;
-      joined.set(piece, size);
+      if (size + piece.length > spare.length) break;
+      spare.set(piece, size);
       size += piece.length;
       count++;
     }
     this.#pending.splice(0, count);
     this.#pendingBytes -= size;
-    return joined.subarray(0, size);
+    return spare.subarray(0, size);
+  }
+}
+
+/** Does `next` start where `piece` ends, in the same buffer? */
+function follows(piece: Uint8Array, next: Uint8Array): boolean {
+  return next.buffer === piece.buffer &&
+    next.byteOffset === piece.byteOffset + piece.length;
+}
+
+/**
+ * Where the messages a read brings are joined, once for all recipients.
+ * One after the other in a big buffer, so that an outbox holding several
+ * of them in a row writes them as one piece, with no copy.
+ */
+class RelayBuffer {
+  #buffer = new Uint8Array(0);
+  #used = 0;
+
+  constructor(readonly bufferBytes: number) {}
+
+  /** The pieces joined, as a view that stays valid after later appends. */
+  append(pieces: Uint8Array[], size: number): Uint8Array {
+    if (size > this.bufferBytes) return concatBytes(pieces, size);
+    if (this.#used + size > this.#buffer.length) {
+      // Full: a new one; the old lives on while outboxes hold views of it.
+      this.#buffer = new Uint8Array(this.bufferBytes);
+      this.#used = 0;
+    }
+    const start = this.#used;
+    for (const piece of pieces) {
+      this.#buffer.set(piece, this.#used);
+      this.#used += piece.length;
+    }
+    return this.#buffer.subarray(start, this.#used);
   }
 }
 
@@ -303,6 +342,39 @@ class BufferPool {
 }
 
 const joinBuffers = new BufferPool(64 * 1024, 64);
+
+const burstBuffers = new BufferPool(BURST_BUFFER_BYTES, 64);
+
+/**
+ * A connection's read buffer. Most clients send a line now and then, and
+ * hold a small one; one that fills it is sending a burst, and borrows a
+ * big one (fewer reads, so fewer and bigger sends to everyone) until its
+ * reads are small again.
+ */
+class ReadBuffer {
+  #small = new Uint8Array(READ_BUFFER_BYTES);
+  #big?: Uint8Array;
+
+  /** The buffer for the next read. */
+  get bytes(): Uint8Array {
+    return this.#big ?? this.#small;
+  }
+
+  /** Grows or shrinks after a read of `count` bytes, once it is handled. */
+  fit(count: number): void {
+    if (!this.#big && count === this.#small.length) {
+      this.#big = burstBuffers.take();
+    } else if (this.#big && count < READ_BUFFER_BYTES / 2) {
+      this.release();
+    }
+  }
+
+  /** Gives back the big buffer, if it has one. */
+  release(): void {
+    if (this.#big) burstBuffers.give(this.#big);
+    this.#big = undefined;
+  }
+}
 
 const encoder = new TextEncoder();
 const NEWLINE = encoder.encode("\n");
@@ -430,6 +502,7 @@ export class ChatServer extends Stoppable {
   /** Messages of the read being handled, and who sent them. */
   #relayed: Uint8Array[] = [];
   #relayedBytes = 0;
+  #relayBuffer = new RelayBuffer(256 * 1024);
   #relayedFrom?: Client;
   #idleSweeper?: ReturnType<typeof setInterval>;
 
@@ -572,13 +645,11 @@ export class ChatServer extends Stoppable {
    * @returns why the loop ended
    */
   async #receiveLines(client: Client): Promise<LeaveReason> {
-    // Small: every connected client holds one. A longer burst takes more
-    // reads, and the framer joins the pieces.
-    let buffer: Uint8Array = new Uint8Array(READ_BUFFER_BYTES);
+    const buffer = new ReadBuffer();
     const framer = new LineFramer(this.options.maxLineBytes);
     try {
       while (!client.leftBecause) {
-        const count = await client.conn.read(buffer);
+        const count = await client.conn.read(buffer.bytes);
         if (count === null) {
           // The client closed its side: handle a last line without "\n".
           this.#handleFrames(client, framer.endBytes());
@@ -586,13 +657,15 @@ export class ChatServer extends Stoppable {
         }
         this.#handleFrames(
           client,
-          framer.pushBytes(buffer.subarray(0, count)),
+          framer.pushBytes(buffer.bytes.subarray(0, count)),
         );
-        buffer = nextReadBuffer(buffer, count);
+        buffer.fit(count);
       }
       return client.leftBecause;
     } catch (error) {
       return client.leftBecause ?? leaveReasonOf(error);
+    } finally {
+      buffer.release();
     }
   }
 
@@ -762,14 +835,14 @@ export class ChatServer extends Stoppable {
     if (!this.options.quiet) {
       this.#print(messageLine(client.name, decodeLine(text)));
     }
-    this.#gather(client, client.messagePrefix, text, NEWLINE);
+    this.#gather(client, client.messagePrefix);
+    this.#gather(client, text);
+    this.#gather(client, NEWLINE);
   }
 
-  #gather(client: Client, ...pieces: Uint8Array[]): void {
-    for (const piece of pieces) {
-      this.#relayed.push(piece);
-      this.#relayedBytes += piece.length;
-    }
+  #gather(client: Client, piece: Uint8Array): void {
+    this.#relayed.push(piece);
+    this.#relayedBytes += piece.length;
     this.#relayedFrom = client;
   }
 
@@ -779,7 +852,7 @@ export class ChatServer extends Stoppable {
    */
   #sendRelayed(): void {
     if (this.#relayed.length === 0) return;
-    const joined = concatBytes(this.#relayed, this.#relayedBytes);
+    const joined = this.#relayBuffer.append(this.#relayed, this.#relayedBytes);
     this.#relayed = [];
     this.#relayedBytes = 0;
     this.#broadcastBytes(joined, this.#relayedFrom);
