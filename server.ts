@@ -15,10 +15,8 @@
 
 import {
   argsOrExit,
-  type ByteFrame,
   cleanText,
   clockTime,
-  concatBytes,
   connectionHints,
   decodeLine,
   DEFAULT_PORT,
@@ -32,6 +30,7 @@ import {
   LINE_TOO_LONG,
   LineConsole,
   LineFramer,
+  type LineSink,
   MAX_ITEM_LENGTH,
   MAX_LINE_BYTES,
   MAX_QUANTITY,
@@ -294,30 +293,48 @@ function follows(piece: Uint8Array, next: Uint8Array): boolean {
 }
 
 /**
- * Where the messages a read brings are joined, once for all recipients.
- * One after the other in a big buffer, so that an outbox holding several
- * of them in a row writes them as one piece, with no copy.
+ * Where the messages of a read are gathered, once for all recipients,
+ * one after the other in a big buffer: an outbox that holds several of
+ * them in a row writes them as one piece, with no copy.
  */
 class RelayBuffer {
   #buffer = new Uint8Array(0);
+  #start = 0;
   #used = 0;
 
   constructor(readonly bufferBytes: number) {}
 
-  /** The pieces joined, as a view that stays valid after later appends. */
-  append(pieces: Uint8Array[], size: number): Uint8Array {
-    if (size > this.bufferBytes) return concatBytes(pieces, size);
-    if (this.#used + size > this.#buffer.length) {
-      // Full: a new one; the old lives on while outboxes hold views of it.
-      this.#buffer = new Uint8Array(this.bufferBytes);
-      this.#used = 0;
+  /** Is nothing gathered since the last take? */
+  get empty(): boolean {
+    return this.#used === this.#start;
+  }
+
+  fits(size: number): boolean {
+    return this.#used + size <= this.#buffer.length;
+  }
+
+  /** A fresh buffer; the old one lives on while outboxes hold views of it. */
+  renew(): void {
+    this.#buffer = new Uint8Array(this.bufferBytes);
+    this.#start = this.#used = 0;
+  }
+
+  /** Copies in `bytes` from `start` to `end` (check that it fits first). */
+  add(bytes: Uint8Array, start = 0, end = bytes.length): void {
+    if (end - start > 64) {
+      this.#buffer.set(bytes.subarray(start, end), this.#used);
+      this.#used += end - start;
+      return;
     }
-    const start = this.#used;
-    for (const piece of pieces) {
-      this.#buffer.set(piece, this.#used);
-      this.#used += piece.length;
-    }
-    return this.#buffer.subarray(start, this.#used);
+    // A short piece (most lines) is copied without making a view.
+    for (let i = start; i < end; i++) this.#buffer[this.#used++] = bytes[i];
+  }
+
+  /** What was gathered since the last take, as a view. */
+  take(): Uint8Array {
+    const gathered = this.#buffer.subarray(this.#start, this.#used);
+    this.#start = this.#used;
+    return gathered;
   }
 }
 
@@ -500,9 +517,9 @@ export class ChatServer extends Stoppable {
   #connections = new Set<Client>();
   #guestNumber = 0;
   /** Messages of the read being handled, and who sent them. */
-  #relayed: Uint8Array[] = [];
-  #relayedBytes = 0;
   #relayBuffer = new RelayBuffer(256 * 1024);
+  /** When the read being handled came (performance.now()). */
+  #readAt = 0;
   #relayedFrom?: Client;
   #idleSweeper?: ReturnType<typeof setInterval>;
 
@@ -647,18 +664,19 @@ export class ChatServer extends Stoppable {
   async #receiveLines(client: Client): Promise<LeaveReason> {
     const buffer = new ReadBuffer();
     const framer = new LineFramer(this.options.maxLineBytes);
+    const sink: LineSink = {
+      line: (bytes, start, end) => this.#handleLine(client, bytes, start, end),
+      tooLong: () => this.#handleTooLong(client),
+    };
     try {
       while (!client.leftBecause) {
         const count = await client.conn.read(buffer.bytes);
         if (count === null) {
           // The client closed its side: handle a last line without "\n".
-          this.#handleFrames(client, framer.endBytes());
+          this.#handleRead(framer, sink);
           return "closed";
         }
-        this.#handleFrames(
-          client,
-          framer.pushBytes(buffer.bytes.subarray(0, count)),
-        );
+        this.#handleRead(framer, sink, buffer.bytes.subarray(0, count));
         buffer.fit(count);
       }
       return client.leftBecause;
@@ -669,32 +687,46 @@ export class ChatServer extends Stoppable {
     }
   }
 
-  #handleFrames(client: Client, frames: ByteFrame[]): void {
+  /** Handles the lines a read completes (the last one if `chunk` is none). */
+  #handleRead(framer: LineFramer, sink: LineSink, chunk?: Uint8Array): void {
+    this.#readAt = performance.now();
     try {
-      this.#handleEach(client, frames);
+      if (chunk) framer.feed(chunk, sink);
+      else framer.finish(sink);
     } finally {
       this.#sendRelayed();
     }
   }
 
-  #handleEach(client: Client, frames: ByteFrame[]): void {
-    const now = performance.now();
-    for (const frame of frames) {
-      if (client.leftBecause) return;
-      client.lastHeard = now;
-      if (frame === LINE_TOO_LONG) {
-        this.#sendTo(
-          client,
-          errorLine(
-            `line too long (over ${this.options.maxLineBytes} bytes): it was not sent`,
-          ),
-        );
-        this.#log(`${client.label} sent a line that was too long`);
-      } else if (!client.name) {
-        this.#authenticate(client, decodeLine(frame));
-      } else if (this.#withinFloodLimit(client)) {
-        this.#handleLine(client, frame);
-      }
+  #handleTooLong(client: Client): void {
+    if (client.leftBecause) return;
+    client.lastHeard = this.#readAt;
+    this.#sendTo(
+      client,
+      errorLine(
+        `line too long (over ${this.options.maxLineBytes} bytes): it was not sent`,
+      ),
+    );
+    this.#log(`${client.label} sent a line that was too long`);
+  }
+
+  /** One line from a client: `bytes` from `start` to `end`. */
+  #handleLine(
+    client: Client,
+    bytes: Uint8Array,
+    start: number,
+    end: number,
+  ): void {
+    if (client.leftBecause) return;
+    client.lastHeard = this.#readAt;
+    if (!client.name) {
+      this.#authenticate(client, decodeLine(bytes.subarray(start, end)));
+    } else if (!this.#withinFloodLimit(client)) {
+      return;
+    } else if (isPlainMessage(bytes, start, end)) {
+      this.#relayPlain(client, bytes, start, end);
+    } else {
+      this.#handleInput(client, decodeLine(bytes.subarray(start, end)));
     }
   }
 
@@ -776,9 +808,9 @@ export class ChatServer extends Stoppable {
   // The protocol: messages and commands
   // -------------------------------------------------------------------------
 
-  #handleLine(client: Client, bytes: Uint8Array): void {
-    if (isPlainMessage(bytes)) return this.#relayPlain(client, bytes);
-    const input = parseChatInput(decodeLine(bytes));
+  /** A message or a command, as the client typed it. */
+  #handleInput(client: Client, line: string): void {
+    const input = parseChatInput(line);
     if (input.kind === "empty") return;
     if (input.kind === "message") return this.#relay(client, input.text);
     // What a command does comes after the messages sent before it.
@@ -823,7 +855,11 @@ export class ChatServer extends Stoppable {
   #relay(client: Client, text: string): void {
     const line = messageLine(client.name, text);
     if (!this.options.quiet) this.#print(line);
-    this.#gather(client, encodeLine(line));
+    const bytes = encodeLine(line);
+    if (!this.#roomFor(client, bytes.length)) {
+      return this.#broadcastBytes(bytes, client);
+    }
+    this.#relayBuffer.add(bytes);
   }
 
   /**
@@ -831,31 +867,42 @@ export class ChatServer extends Stoppable {
    * they came, after the sender's `<NAME> `, never decoded (the fast path
    * of a busy room).
    */
-  #relayPlain(client: Client, text: Uint8Array): void {
-    if (!this.options.quiet) {
-      this.#print(messageLine(client.name, decodeLine(text)));
+  #relayPlain(
+    client: Client,
+    bytes: Uint8Array,
+    start: number,
+    end: number,
+  ): void {
+    const prefix = client.messagePrefix;
+    if (
+      !this.options.quiet ||
+      !this.#roomFor(client, prefix.length + end - start + 1)
+    ) {
+      return this.#relay(client, decodeLine(bytes.subarray(start, end)));
     }
-    this.#gather(client, client.messagePrefix);
-    this.#gather(client, text);
-    this.#gather(client, NEWLINE);
-  }
-
-  #gather(client: Client, piece: Uint8Array): void {
-    this.#relayed.push(piece);
-    this.#relayedBytes += piece.length;
-    this.#relayedFrom = client;
+    this.#relayBuffer.add(prefix);
+    this.#relayBuffer.add(bytes, start, end);
+    this.#relayBuffer.add(NEWLINE);
   }
 
   /**
-   * Sends the messages gathered from one read, if any, joined: they may
-   * be views of the read buffer, which the next read reuses.
+   * Makes room in the relay buffer for `size` bytes from `client`, sending
+   * what it holds if need be.
+   * @returns false if they cannot fit even in an empty one
    */
+  #roomFor(client: Client, size: number): boolean {
+    if (!this.#relayBuffer.fits(size)) {
+      this.#sendRelayed();
+      this.#relayBuffer.renew();
+    }
+    this.#relayedFrom = client;
+    return this.#relayBuffer.fits(size);
+  }
+
+  /** Sends the messages gathered from one read, if any. */
   #sendRelayed(): void {
-    if (this.#relayed.length === 0) return;
-    const joined = this.#relayBuffer.append(this.#relayed, this.#relayedBytes);
-    this.#relayed = [];
-    this.#relayedBytes = 0;
-    this.#broadcastBytes(joined, this.#relayedFrom);
+    if (this.#relayBuffer.empty) return;
+    this.#broadcastBytes(this.#relayBuffer.take(), this.#relayedFrom);
   }
 
   #rename(client: Client, newName: string): void {

@@ -37,9 +37,6 @@ export const LINE_TOO_LONG: unique symbol = Symbol("line too long");
 /** A line of text, or the marker of a line that was too long and dropped. */
 export type Frame = string | typeof LINE_TOO_LONG;
 
-/** A line's bytes (without its line end), or the too-long marker. */
-export type ByteFrame = Uint8Array | typeof LINE_TOO_LONG;
-
 // One decoder for every framer: it decodes whole lines, never a stream,
 // so it keeps no state between calls (and each connection saves one).
 const lineDecoder = new TextDecoder();
@@ -49,8 +46,15 @@ export function decodeLine(bytes: Uint8Array): string {
   return lineDecoder.decode(bytes);
 }
 
-function decodeFrame(frame: ByteFrame): Frame {
-  return frame === LINE_TOO_LONG ? frame : lineDecoder.decode(frame);
+/** Receives the lines a {@linkcode LineFramer} finds. */
+export interface LineSink {
+  /**
+   * A complete line: `bytes` from `start` to `end` (its line end left
+   * out), valid until the caller reuses the buffer it read into.
+   */
+  line(bytes: Uint8Array, start: number, end: number): void;
+  /** A line over the limit was dropped. */
+  tooLong(): void;
 }
 
 const LF = 0x0a;
@@ -77,16 +81,27 @@ export class LineFramer {
    * @returns the frames completed by these bytes, in order
    */
   push(chunk: Uint8Array): Frame[] {
-    return this.pushBytes(chunk).map(decodeFrame);
+    const frames: Frame[] = [];
+    this.feed(chunk, collect(frames));
+    return frames;
   }
 
   /**
-   * {@linkcode LineFramer.push}, with each line left as bytes. A line that
-   * lies whole in `chunk` is a view of it, not a copy: use it before the
-   * caller reuses the chunk's buffer.
+   * Called when the stream ends.
+   * @returns the last line if it had no line end, else nothing
    */
-  pushBytes(chunk: Uint8Array): ByteFrame[] {
-    const frames: ByteFrame[] = [];
+  end(): Frame[] {
+    const frames: Frame[] = [];
+    this.finish(collect(frames));
+    return frames;
+  }
+
+  /**
+   * {@linkcode LineFramer.push}, handing each line to `sink` as bytes,
+   * with no copy when it lies whole in `chunk`: a busy server makes no
+   * garbage per line.
+   */
+  feed(chunk: Uint8Array, sink: LineSink): void {
     // The LF of a CRLF split between reads: the CR ended the line.
     let start = this.#afterCR && chunk[0] === LF ? 1 : 0;
     this.#afterCR = false;
@@ -96,7 +111,7 @@ export class LineFramer {
     while (nextLF >= 0 || nextCR >= 0) {
       const atLF = nextCR < 0 || (nextLF >= 0 && nextLF < nextCR);
       const end = atLF ? nextLF : nextCR;
-      this.#endLine(chunk.subarray(start, end), frames);
+      this.#endLine(chunk, start, end, sink);
       start = end + 1;
       if (!atLF) {
         if (start === chunk.length) this.#afterCR = true;
@@ -105,47 +120,37 @@ export class LineFramer {
       }
       if (nextLF >= 0 && nextLF < start) nextLF = chunk.indexOf(LF, start);
     }
-    this.#keep(chunk.subarray(start), frames);
-    return frames;
+    this.#keep(chunk.subarray(start), sink);
   }
 
-  /**
-   * Called when the stream ends.
-   * @returns the last line if it had no line end, else nothing
-   */
-  end(): Frame[] {
-    return this.endBytes().map(decodeFrame);
-  }
-
-  /** {@linkcode LineFramer.end}, with the line left as bytes. */
-  endBytes(): ByteFrame[] {
-    const unfinished = this.#size > 0 && !this.#dropping;
-    const frames = unfinished ? [this.#takeLine()] : [];
+  /** {@linkcode LineFramer.end}, handing the last line to `sink`. */
+  finish(sink: LineSink): void {
+    if (this.#size > 0 && !this.#dropping) this.#takeLine(sink);
     this.#dropping = false;
     this.#pieces = [];
     this.#size = 0;
-    return frames;
   }
 
-  /** `piece` ends a line: the line is complete, or it was too long. */
-  #endLine(piece: Uint8Array, frames: ByteFrame[]): void {
+  /** `chunk[start, end)` ends a line: complete, or it was too long. */
+  #endLine(chunk: Uint8Array, start: number, end: number, sink: LineSink) {
     if (this.#size === 0 && !this.#dropping) {
       // The whole line is in this read: hand it over from there, no copy.
-      frames.push(piece.length > this.maxLineBytes ? LINE_TOO_LONG : piece);
+      if (end - start > this.maxLineBytes) sink.tooLong();
+      else sink.line(chunk, start, end);
       return;
     }
-    this.#keep(piece, frames);
+    this.#keep(chunk.subarray(start, end), sink);
     if (this.#dropping) this.#dropping = false;
-    else frames.push(this.#takeLine());
+    else this.#takeLine(sink);
   }
 
-  #keep(piece: Uint8Array, frames: ByteFrame[]): void {
+  #keep(piece: Uint8Array, sink: LineSink): void {
     if (piece.length === 0 || this.#dropping) return;
     if (this.#size + piece.length > this.maxLineBytes) {
       this.#dropping = true;
       this.#pieces = [];
       this.#size = 0;
-      frames.push(LINE_TOO_LONG);
+      sink.tooLong();
       return;
     }
     // Copy: the caller reuses its read buffer for the next read.
@@ -153,14 +158,23 @@ export class LineFramer {
     this.#size += piece.length;
   }
 
-  #takeLine(): Uint8Array {
+  #takeLine(sink: LineSink): void {
     const bytes = this.#pieces.length === 1
       ? this.#pieces[0]
       : concatBytes(this.#pieces, this.#size);
     this.#pieces = [];
     this.#size = 0;
-    return bytes;
+    sink.line(bytes, 0, bytes.length);
   }
+}
+
+/** A sink that decodes each line into `frames`. */
+function collect(frames: Frame[]): LineSink {
+  return {
+    line: (bytes, start, end) =>
+      frames.push(lineDecoder.decode(bytes.subarray(start, end))),
+    tooLong: () => frames.push(LINE_TOO_LONG),
+  };
 }
 
 /** Joins byte arrays into one. */
@@ -185,7 +199,7 @@ export async function writeAll(
 ): Promise<void> {
   let sent = 0;
   while (sent < bytes.length) {
-    sent += await writer.write(bytes.subarray(sent));
+    sent += await writer.write(sent === 0 ? bytes : bytes.subarray(sent));
   }
 }
 
@@ -278,10 +292,15 @@ export function parseChatInput(rawLine: string): ChatInput {
  * space. A server can then relay its bytes as they are, without decoding,
  * cleaning and encoding them again: most chat lines are like this.
  */
-export function isPlainMessage(line: Uint8Array): boolean {
-  const last = line.length - 1;
-  if (last < 0 || line[0] === SLASH || line[last] === SPACE) return false;
-  for (let i = 0; i <= last; i++) {
+export function isPlainMessage(
+  line: Uint8Array,
+  start = 0,
+  end = line.length,
+): boolean {
+  if (end <= start || line[start] === SLASH || line[end - 1] === SPACE) {
+    return false;
+  }
+  for (let i = start; i < end; i++) {
     if (line[i] < SPACE || line[i] > TILDE) return false;
   }
   return true;

@@ -478,7 +478,6 @@ export async function runBench(
     await Promise.all(clients.map((client) => client.closed));
     const sorted = tally.latencies.sort((a, b) => a - b);
     const cpu = cpuSecondsBetween(cpuBefore, cpuAfter);
-    if (Deno.env.get("DEBUG_CPU")) for (const [id, s] of cpuAfter!.threads) console.error(id, ((s - (cpuBefore!.threads.get(id) ?? 0)) * 1000).toFixed(1));
     return {
       target: target.label,
       clients: options.clients,
