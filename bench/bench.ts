@@ -42,6 +42,7 @@ OPTIONS:
       --messages <N>     Messages each sender sends (default 200)
       --senders <N>      How many of the clients send (default: all)
       --rate <N>         Messages a second per sender; 0 is as fast as possible (default 0)
+      --warmup <N>       Messages each sender sends first, not measured (default 50)
       --iterative        The same load against server.ts --iterative
       --host <HOST>      Bench a server already running there (with --port)
       --port <PORT>      Its port
@@ -57,6 +58,7 @@ export interface BenchOptions {
   messages: number;
   senders: number;
   rate: number;
+  warmup: number;
   iterative: boolean;
   host?: string;
   port?: number;
@@ -74,6 +76,7 @@ export function parseBenchArgs(args: string[]): BenchOptions {
       "messages",
       "senders",
       "rate",
+      "warmup",
       "host",
       "port",
       "command",
@@ -81,7 +84,13 @@ export function parseBenchArgs(args: string[]): BenchOptions {
     ],
     boolean: ["iterative", "json", "help"],
     alias: { h: "help" },
-    default: { clients: "50", messages: "200", rate: "0", timeout: "120" },
+    default: {
+      clients: "50",
+      messages: "200",
+      rate: "0",
+      warmup: "50",
+      timeout: "120",
+    },
   });
   if (flags._.length > 0) {
     throw new UsageError(`Unexpected argument "${flags._[0]}"`);
@@ -105,6 +114,7 @@ export function parseBenchArgs(args: string[]): BenchOptions {
       ? clients
       : Math.min(clients, whole("senders", 1, 20_000)),
     rate: whole("rate", 0, 1_000_000),
+    warmup: whole("warmup", 0, 1_000_000),
     iterative: flags.iterative === true,
     host: flags.host === undefined ? undefined : String(flags.host),
     port: flags.port === undefined ? undefined : parsePort(flags.port),
@@ -243,6 +253,9 @@ function memoryKiB(
 
 /** A message carries its sender, its number and its send time. */
 const MESSAGE = /\bb (\d+) (\d+) (\d+\.\d+) x+$/;
+
+/** A warm-up message is the same with "w": counted, not measured. */
+const WARMUP = /(^|\s)w \d/;
 const PADDING = "x".repeat(32);
 
 /**
@@ -260,10 +273,20 @@ class Tally {
   latencies: number[] = [];
   #allDelivered?: () => void;
   readonly done: Promise<void>;
+  warmupsDelivered = 0;
+  #warmedUp?: () => void;
+  /** Settles when every warm-up message has arrived. */
+  readonly warmedUp: Promise<void>;
 
-  constructor(readonly expected: number) {
+  constructor(readonly expected: number, readonly warmupExpected = 0) {
     this.done = new Promise((resolve) => this.#allDelivered = resolve);
     if (expected === 0) this.#allDelivered!();
+    this.warmedUp = new Promise((resolve) => this.#warmedUp = resolve);
+    if (warmupExpected === 0) this.#warmedUp!();
+  }
+
+  recordWarmup(): void {
+    if (++this.warmupsDelivered >= this.warmupExpected) this.#warmedUp!();
   }
 
   record(latency: number): void {
@@ -316,6 +339,7 @@ class BenchClient {
     if (line.endsWith(BARRIER)) return this.#passBarrier!();
     // Not a message (a notice)? Some relays, like ncat --chat, prefix only
     // the first line of each read they forward: the rest come bare.
+    if (WARMUP.test(line)) return this.tally.recordWarmup();
     if (!/(^|\s)b \d/.test(line)) return;
     const match = MESSAGE.exec(line);
     if (!match) {
@@ -333,11 +357,16 @@ class BenchClient {
     this.tally.record(now - sentAt);
   }
 
-  /** Sends `count` messages, at `rate` a second (0: all at once). */
-  async send(count: number, rate: number): Promise<void> {
+  /**
+   * Sends `count` messages, at `rate` a second (0: all at once), tagged
+   * "b", or "w" for a warm-up.
+   */
+  async send(count: number, rate: number, tag = "b"): Promise<void> {
     const encoder = new TextEncoder();
     const line = (seq: number) =>
-      `b ${this.index} ${seq} ${performance.now().toFixed(3)} ${PADDING}\n`;
+      `${tag} ${this.index} ${seq} ${
+        performance.now().toFixed(3)
+      } ${PADDING}\n`;
     if (rate === 0) {
       // As fast as possible: many lines per write.
       for (let seq = 0; seq < count; seq += 100) {
@@ -405,6 +434,8 @@ export interface BenchReport {
   senders: number;
   messages: number;
   rate: number;
+  /** Messages each sender sent first, not measured. */
+  warmup: number;
   expected: number;
   delivered: number;
   lost: number;
@@ -435,6 +466,32 @@ async function withTimeout(promise: Promise<unknown>, ms: number) {
   return settled;
 }
 
+/**
+ * The warm-up: a burst like the measured one, smaller, that nobody times.
+ * A JavaScript server runs its code slowly at first, until the JIT has
+ * compiled it; the figures are for a server that has been running.
+ */
+async function warmUp(
+  senders: BenchClient[],
+  options: BenchOptions,
+  tally: Tally,
+): Promise<string[]> {
+  if (options.warmup === 0) return [];
+  await Promise.all(
+    senders.map((client) => client.send(options.warmup, 0, "w")),
+  );
+  // A relay that loses messages never completes it: go on once nothing
+  // more has come for a second.
+  let seen = -1;
+  while (seen !== tally.warmupsDelivered) {
+    seen = tally.warmupsDelivered;
+    if (await withTimeout(tally.warmedUp, 1000)) return [];
+  }
+  return [
+    `warm-up: ${seen} of ${tally.warmupExpected} messages delivered before it went quiet`,
+  ];
+}
+
 /** Runs the bench against a chat relay (concurrent). */
 export async function runBench(
   options: BenchOptions,
@@ -443,8 +500,12 @@ export async function runBench(
   const target = await startTarget(options);
   try {
     const idle = memoryKiB(target.pid, "VmRSS");
-    const expected = options.senders * options.messages * (options.clients - 1);
-    const tally = new Tally(expected);
+    const receivers = options.clients - 1;
+    const expected = options.senders * options.messages * receivers;
+    const tally = new Tally(
+      expected,
+      options.senders * options.warmup * receivers,
+    );
     const clients = await connectAll(target, options.clients, tally);
     await writeAll(clients[0].conn, new TextEncoder().encode(`${BARRIER}\n`));
     const barrier = Promise.all(
@@ -454,6 +515,11 @@ export async function runBench(
       throw new Error("the relay did not pass a line to every client in time");
     }
     const connected = memoryKiB(target.pid, "VmRSS");
+    const warmupNotes = await warmUp(
+      clients.slice(0, options.senders),
+      options,
+      tally,
+    );
     const cpuBefore = cpuSample(target.pid);
     const start = performance.now();
     const ticker = setInterval(
@@ -484,6 +550,7 @@ export async function runBench(
       senders: options.senders,
       messages: options.messages,
       rate: options.rate,
+      warmup: options.warmup,
       expected,
       delivered: tally.delivered,
       lost: Math.max(0, expected - tally.delivered),
@@ -509,7 +576,7 @@ export async function runBench(
           ? round((connected - idle) / options.clients, 1)
           : undefined,
       },
-      notes: target.notes,
+      notes: [...target.notes, ...warmupNotes],
     };
   } finally {
     await target.stop();
@@ -574,7 +641,7 @@ function formatReport(report: BenchReport): string[] {
     : `${report.rate} a second each`;
   const lines = [
     `socklab bench: ${report.target}`,
-    `${report.clients} clients, ${report.senders} sending ${report.messages} messages ${pace}`,
+    `${report.clients} clients, ${report.senders} sending ${report.messages} messages ${pace} (after ${report.warmup} not measured, to warm up)`,
     `deliveries   ${report.delivered.toLocaleString("en")} of ${
       report.expected.toLocaleString("en")
     } in ${report.seconds} s = ${
