@@ -213,6 +213,54 @@ Deno.test("server frames lines whatever pieces TCP delivers them in", async (t) 
   });
 });
 
+Deno.test("server relays a read mixing plain, non-ASCII, unsafe and command lines in order", async (t) => {
+  // Plain ASCII lines take a fast path (copied as bytes); the others are
+  // decoded and cleaned. One write holds them all, so one read does.
+  const burst = [
+    "plain one",
+    "héllo wörld 👋",
+    "\x1b[31mred\x1b[0m and a\ttab",
+    "trailing spaces   ",
+    "/me waves",
+    "//slash",
+    "plain two",
+    "   ",
+    "plain three",
+  ].join("\n") + "\n";
+  const expected = [
+    "<writer> plain one",
+    "<writer> héllo wörld 👋",
+    "<writer> red and a tab",
+    "<writer> trailing spaces",
+    "* writer waves",
+    "<writer> /slash",
+    "<writer> plain two",
+    "<writer> plain three",
+  ];
+  for (const quiet of [true, false]) {
+    await t.step(
+      quiet ? "quiet server" : "server printing the room",
+      async () => {
+        await using room = startServer({ quiet });
+        await using reader = await TestClient.join(room.port, "reader");
+        await using writer = await TestClient.join(room.port, "writer");
+        await writer.write(burst);
+        const received = [await reader.lines.waitFor(/plain one$/)];
+        while (received.length < expected.length) {
+          received.push(await reader.next());
+        }
+        assertEquals(received, expected);
+        if (!quiet) {
+          assertEquals(
+            await room.console.waitFor(/plain three/),
+            expected.at(-1),
+          );
+        }
+      },
+    );
+  }
+});
+
 Deno.test("server discards a line over the limit, keeps the connection and its memory bounded", async () => {
   await using room = startServer({ maxLineBytes: 100 });
   await using reader = await TestClient.join(room.port, "reader");

@@ -3,15 +3,17 @@
  * @module
  */
 
-import { assertEquals, assertThrows } from "@std/assert";
+import { assert, assertEquals, assertThrows } from "@std/assert";
 import {
   cleanText,
   type Frame,
+  isPlainMessage,
   LINE_TOO_LONG,
   LineEditor,
   LineFramer,
   nameKey,
   nameProblem,
+  parseChatInput,
   parseChatLine,
   parseFlags,
   parsePort,
@@ -19,6 +21,7 @@ import {
 } from "../shared.ts";
 import { parseClientArgs } from "../client.ts";
 import { parseServerArgs } from "../server.ts";
+import { seededRandom } from "../udp_server.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 
@@ -217,4 +220,60 @@ Deno.test("LineEditor shows the end of a line too long for the terminal", () => 
   assertEquals(shown.startsWith("\r\x1b[K"), true);
   assertEquals(shown.endsWith("END"), true);
   assertEquals(shown.includes("…"), true);
+});
+
+Deno.test("LineFramer finds the same lines whatever the read sizes", () => {
+  // Against a plain split of the whole stream: seeded random text of
+  // letters, spaces, multi-byte characters and every kind of line end,
+  // cut into random reads.
+  const random = seededRandom(7);
+  const alphabet = ["a", "b", " ", "é", "€", "👋", "\r", "\n", "\r\n"];
+  for (let round = 0; round < 200; round++) {
+    let text = "";
+    for (let i = 0; i < 60; i++) {
+      text += alphabet[Math.floor(random() * alphabet.length)];
+    }
+    const stream = new TextEncoder().encode(text);
+    const chunks = [];
+    for (let start = 0; start < stream.length;) {
+      const size = 1 + Math.floor(random() * 8);
+      chunks.push(stream.slice(start, start + size));
+      start += size;
+    }
+    const expected = text.split(/\r\n|\r|\n/);
+    if (expected.at(-1) === "") expected.pop();
+    assertEquals(frame(chunks), expected, JSON.stringify(text));
+  }
+});
+
+Deno.test("isPlainMessage picks only lines that parseChatInput passes on as they are", () => {
+  const plain = [
+    "hello",
+    "a",
+    "x = 1 + 2; {ok}",
+    "~tilde at both ends~",
+    " lead",
+  ];
+  const other = [
+    "",
+    " ",
+    "trailing ",
+    "/me waves",
+    "//slash",
+    "tab\there",
+    "\x1b[31mred",
+    "héllo",
+    "del\x7f",
+  ];
+  for (const line of plain) {
+    assert(isPlainMessage(bytes(line)), JSON.stringify(line));
+    assertEquals(parseChatInput(line), { kind: "message", text: line });
+  }
+  for (const line of other) {
+    assert(!isPlainMessage(bytes(line)), JSON.stringify(line));
+  }
+  // A range of a bigger buffer, as the server checks it.
+  const read = bytes("/cmd\nplain\n");
+  assert(!isPlainMessage(read, 0, 4));
+  assert(isPlainMessage(read, 5, 10));
 });
