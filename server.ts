@@ -321,13 +321,16 @@ class RelayBuffer {
 
   /** Copies in `bytes` from `start` to `end` (check that it fits first). */
   add(bytes: Uint8Array, start = 0, end = bytes.length): void {
+    const buffer = this.#buffer;
+    let used = this.#used;
     if (end - start > 64) {
-      this.#buffer.set(bytes.subarray(start, end), this.#used);
-      this.#used += end - start;
-      return;
+      buffer.set(bytes.subarray(start, end), used);
+      used += end - start;
+    } else {
+      // A short piece (most lines) is copied without making a view.
+      for (let i = start; i < end; i++) buffer[used++] = bytes[i];
     }
-    // A short piece (most lines) is copied without making a view.
-    for (let i = start; i < end; i++) this.#buffer[this.#used++] = bytes[i];
+    this.#used = used;
   }
 
   /** What was gathered since the last take, as a view. */
