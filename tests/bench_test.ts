@@ -21,8 +21,15 @@ Deno.test("deno task bench, small: every message reaches every other client, who
     "4",
     "--messages",
     "25",
+    "--warmup",
+    "5",
   ]);
   assertEquals(report.target, "server.ts");
+  assertEquals(
+    report.warmup,
+    5,
+    "a warm-up of 5 messages a sender, not counted",
+  );
   assertEquals(report.expected, 4 * 25 * 3);
   assertEquals(report.delivered, report.expected);
   assertEquals([report.lost, report.garbled, report.outOfOrder], [0, 0, 0]);
