@@ -1695,6 +1695,7 @@ class DataFile {
  */
 export function parseServerArgs(args: string[]): ServerArgs {
   const flags = parseFlags(args, {
+    positionals: 0,
     string: [
       "port",
       "host",
@@ -1722,9 +1723,6 @@ export function parseServerArgs(args: string[]): ServerArgs {
       service: "chat",
     },
   });
-  if (flags._.length > 0) {
-    throw new UsageError(`Unexpected argument "${flags._[0]}"`);
-  }
   const operatorName = String(flags.name);
   const invalid = nameProblem(operatorName);
   if (invalid) throw new UsageError(`Invalid --name: ${invalid}`);

@@ -893,6 +893,8 @@ export interface FlagSpec {
   collect?: string[];
   alias?: Record<string, string>;
   default?: Record<string, string | boolean>;
+  /** The most positional arguments; more is a usage error. @default any */
+  positionals?: number;
 }
 
 /** Flags as parsed: positional arguments in `_`, flags by their long name. */
@@ -906,8 +908,9 @@ export interface ParsedFlags {
  * @throws {UsageError} for a flag the script does not take
  */
 export function parseFlags(args: string[], spec: FlagSpec): ParsedFlags {
+  const { positionals, ...parseSpec } = spec;
   const parsed: { _: unknown[]; [flag: string]: unknown } = parseArgs(args, {
-    ...spec,
+    ...parseSpec,
     unknown: (arg: string) => {
       if (/^-\d/.test(arg)) {
         throw new UsageError(`Invalid value "${arg}": no negative numbers`);
@@ -918,6 +921,9 @@ export function parseFlags(args: string[], spec: FlagSpec): ParsedFlags {
       return true;
     },
   });
+  if (positionals !== undefined && parsed._.length > positionals) {
+    throw new UsageError(`Unexpected argument "${parsed._[positionals]}"`);
+  }
   return { ...parsed, _: parsed._.map(String) };
 }
 
@@ -992,6 +998,16 @@ export function parseNumberFlag(
     );
   }
   return number;
+}
+
+/** Reads a flag that takes a whole number from `min` to `max`. */
+export function wholeFlag(
+  flags: ParsedFlags,
+  flag: string,
+  min: number,
+  max: number,
+): number {
+  return parseNumberFlag(flag, flags[flag], { min, max, whole: true });
 }
 
 /**

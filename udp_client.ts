@@ -39,6 +39,7 @@ import {
   UDP_SERVICES,
   type UdpService,
   UsageError,
+  wholeFlag,
 } from "./shared.ts";
 
 const USAGE = `socklab UDP client
@@ -124,8 +125,6 @@ export function parseUdpClientArgs(args: string[]): UdpClientOptions {
   });
   const service = parseChoice("service", flags.service, UDP_SERVICES);
   const [host, question] = hostAndQuestion(flags._, service);
-  const whole = (flag: string, min: number, max: number) =>
-    parseNumberFlag(flag, flags[flag], { min, max, whole: true });
   const name = flags.name === undefined ? undefined : String(flags.name);
   const invalid = name === undefined ? undefined : nameProblem(name);
   if (invalid) throw new UsageError(`Invalid --name: ${invalid}`);
@@ -135,10 +134,12 @@ export function parseUdpClientArgs(args: string[]): UdpClientOptions {
     service,
     name,
     question,
-    timeoutMs: whole("timeout", 1, 600_000),
-    retries: whole("retries", 0, 100),
-    count: flags.count === undefined ? undefined : whole("count", 1, 1e6),
-    intervalMs: whole("interval", 0, 3_600_000),
+    timeoutMs: wholeFlag(flags, "timeout", 1, 600_000),
+    retries: wholeFlag(flags, "retries", 0, 100),
+    count: flags.count === undefined
+      ? undefined
+      : wholeFlag(flags, "count", 1, 1e6),
+    intervalMs: wholeFlag(flags, "interval", 0, 3_600_000),
     keepaliveMs: parseNumberFlag("keepalive", flags.keepalive, {
       min: 0.1,
       max: 86_400,

@@ -39,7 +39,7 @@ import {
   TokenBucket,
   UDP_SERVICES,
   type UdpService,
-  UsageError,
+  wholeFlag,
 } from "./shared.ts";
 
 /** The names of the months, for the month service. */
@@ -614,6 +614,7 @@ export function parseUdpServerArgs(
   args: string[],
 ): Partial<UdpServerOptions> & { help: boolean } {
   const flags = parseFlags(args, {
+    positionals: 0,
     string: [
       "port",
       "host",
@@ -643,9 +644,6 @@ export function parseUdpServerArgs(
       burst: "40",
     },
   });
-  if (flags._.length > 0) {
-    throw new UsageError(`Unexpected argument "${flags._[0]}"`);
-  }
   const seconds = parseNumberFlag("peer-timeout", flags["peer-timeout"], {
     min: 0.1,
     max: 86_400,
@@ -656,38 +654,16 @@ export function parseUdpServerArgs(
     host: String(flags.host),
     service: parseChoice("service", flags.service, UDP_SERVICES),
     peerTimeoutMs: Math.round(seconds * 1000),
-    maxDatagram: parseNumberFlag("max-datagram", flags["max-datagram"], {
-      min: 1,
-      max: 65_507,
-      whole: true,
-    }),
+    maxDatagram: wholeFlag(flags, "max-datagram", 1, 65_507),
     dropRate: parseNumberFlag("drop", flags.drop, { min: 0, max: 1 }),
-    maxDelayMs: parseNumberFlag("delay", flags.delay, {
-      min: 0,
-      max: 60_000,
-      whole: true,
-    }),
+    maxDelayMs: wholeFlag(flags, "delay", 0, 60_000),
     password: passwordFrom(flags.password),
-    maxPeers: parseNumberFlag("max-peers", flags["max-peers"], {
-      min: 1,
-      max: 1_000_000,
-      whole: true,
-    }),
-    rateLimit: parseNumberFlag("rate-limit", flags["rate-limit"], {
-      min: 0,
-      max: 1_000_000,
-      whole: true,
-    }),
-    burst: parseNumberFlag("burst", flags.burst, {
-      min: 1,
-      max: 1_000_000,
-      whole: true,
-    }),
-    seed: flags.seed === undefined ? undefined : parseNumberFlag(
-      "seed",
-      flags.seed,
-      { min: 0, max: 2 ** 32 - 1, whole: true },
-    ),
+    maxPeers: wholeFlag(flags, "max-peers", 1, 1_000_000),
+    rateLimit: wholeFlag(flags, "rate-limit", 0, 1_000_000),
+    burst: wholeFlag(flags, "burst", 1, 1_000_000),
+    seed: flags.seed === undefined
+      ? undefined
+      : wholeFlag(flags, "seed", 0, 2 ** 32 - 1),
   };
 }
 

@@ -26,9 +26,9 @@ import {
   LINE_TOO_LONG,
   LineFramer,
   parseFlags,
-  parseNumberFlag,
   parsePort,
   UsageError,
+  wholeFlag,
   writeAll,
 } from "../shared.ts";
 
@@ -71,6 +71,7 @@ export interface BenchOptions {
 /** @throws {UsageError} for a bad flag */
 export function parseBenchArgs(args: string[]): BenchOptions {
   const flags = parseFlags(args, {
+    positionals: 0,
     string: [
       "clients",
       "messages",
@@ -92,12 +93,7 @@ export function parseBenchArgs(args: string[]): BenchOptions {
       timeout: "120",
     },
   });
-  if (flags._.length > 0) {
-    throw new UsageError(`Unexpected argument "${flags._[0]}"`);
-  }
-  const whole = (flag: string, min: number, max: number) =>
-    parseNumberFlag(flag, flags[flag], { min, max, whole: true });
-  const clients = whole("clients", 2, 20_000);
+  const clients = wholeFlag(flags, "clients", 2, 20_000);
   const external = flags.host !== undefined || flags.port !== undefined;
   if (external && (flags.host === undefined || flags.port === undefined)) {
     throw new UsageError("--host and --port go together");
@@ -109,17 +105,17 @@ export function parseBenchArgs(args: string[]): BenchOptions {
   }
   return {
     clients,
-    messages: whole("messages", 1, 1_000_000),
+    messages: wholeFlag(flags, "messages", 1, 1_000_000),
     senders: flags.senders === undefined
       ? clients
-      : Math.min(clients, whole("senders", 1, 20_000)),
-    rate: whole("rate", 0, 1_000_000),
-    warmup: whole("warmup", 0, 1_000_000),
+      : Math.min(clients, wholeFlag(flags, "senders", 1, 20_000)),
+    rate: wholeFlag(flags, "rate", 0, 1_000_000),
+    warmup: wholeFlag(flags, "warmup", 0, 1_000_000),
     iterative: flags.iterative === true,
     host: flags.host === undefined ? undefined : String(flags.host),
     port: flags.port === undefined ? undefined : parsePort(flags.port),
     command: flags.command === undefined ? undefined : String(flags.command),
-    timeoutMs: whole("timeout", 1, 86_400) * 1000,
+    timeoutMs: wholeFlag(flags, "timeout", 1, 86_400) * 1000,
     json: flags.json === true,
     help: flags.help === true,
   };

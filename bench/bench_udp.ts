@@ -26,7 +26,7 @@ import {
   parseChoice,
   parseFlags,
   parseNumberFlag,
-  UsageError,
+  wholeFlag,
 } from "../shared.ts";
 
 const USAGE = `socklab bench:udp: request rate, loss and round trips over UDP
@@ -57,6 +57,7 @@ export interface UdpBenchOptions {
 /** @throws {UsageError} for a bad flag */
 export function parseUdpBenchArgs(args: string[]): UdpBenchOptions {
   const flags = parseFlags(args, {
+    positionals: 0,
     string: ["service", "clients", "requests", "timeout", "drop"],
     boolean: ["json", "help"],
     alias: { h: "help" },
@@ -68,21 +69,16 @@ export function parseUdpBenchArgs(args: string[]): UdpBenchOptions {
       drop: "0",
     },
   });
-  if (flags._.length > 0) {
-    throw new UsageError(`Unexpected argument "${flags._[0]}"`);
-  }
   const service = parseChoice("service", flags.service, [
     "echo",
     "month",
     "both",
   ]);
-  const whole = (flag: string, min: number, max: number) =>
-    parseNumberFlag(flag, flags[flag], { min, max, whole: true });
   return {
     services: service === "both" ? ["echo", "month"] : [service],
-    clients: whole("clients", 1, 1000),
-    requests: whole("requests", 1, 1_000_000),
-    timeoutMs: whole("timeout", 1, 60_000),
+    clients: wholeFlag(flags, "clients", 1, 1000),
+    requests: wholeFlag(flags, "requests", 1, 1_000_000),
+    timeoutMs: wholeFlag(flags, "timeout", 1, 60_000),
     drop: parseNumberFlag("drop", flags.drop, { min: 0, max: 1 }),
     json: flags.json === true,
     help: flags.help === true,

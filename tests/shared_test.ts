@@ -21,7 +21,7 @@ import {
 } from "../shared.ts";
 import { parseClientArgs } from "../client.ts";
 import { parseServerArgs } from "../server.ts";
-import { seededRandom } from "../udp_server.ts";
+import { parseUdpServerArgs, seededRandom } from "../udp_server.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 
@@ -128,6 +128,19 @@ Deno.test("flags: ports are checked, unknown options refused, defaults given", (
     UsageError,
     'Unknown option "--nope"',
   );
+  assertThrows(
+    () => parseFlags(["one", "two"], { positionals: 1 }),
+    UsageError,
+    'Unexpected argument "two"',
+  );
+  assertEquals(parseFlags(["one"], { positionals: 1 })._, ["one"]);
+  for (const parse of [parseServerArgs, parseUdpServerArgs]) {
+    assertThrows(
+      () => parse(["extra"]),
+      UsageError,
+      'Unexpected argument "extra"',
+    );
+  }
   assertEquals(parseClientArgs([]), {
     host: "localhost",
     port: 9999,
