@@ -521,9 +521,9 @@ export class ChatServer extends Stoppable {
   #guestNumber = 0;
   /** Messages of the read being handled, and who sent them. */
   #relayBuffer = new RelayBuffer(256 * 1024);
+  #relayedFrom?: Client;
   /** When the read being handled came (performance.now()). */
   #readAt = 0;
-  #relayedFrom?: Client;
   #idleSweeper?: ReturnType<typeof setInterval>;
 
   private constructor(options: ServerOptions, listener: Deno.Listener) {
@@ -896,10 +896,11 @@ export class ChatServer extends Stoppable {
   #roomFor(client: Client, size: number): boolean {
     if (!this.#relayBuffer.fits(size)) {
       this.#sendRelayed();
+      if (size > this.#relayBuffer.bufferBytes) return false;
       this.#relayBuffer.renew();
     }
     this.#relayedFrom = client;
-    return this.#relayBuffer.fits(size);
+    return true;
   }
 
   /** Sends the messages gathered from one read, if any. */

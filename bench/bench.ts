@@ -463,7 +463,7 @@ async function withTimeout(promise: Promise<unknown>, ms: number) {
 }
 
 /**
- * The warm-up: a burst like the measured one, smaller, that nobody times.
+ * The warm-up: a load like the measured one, smaller, that nobody times.
  * A JavaScript server runs its code slowly at first, until the JIT has
  * compiled it; the figures are for a server that has been running.
  */
@@ -474,7 +474,7 @@ async function warmUp(
 ): Promise<string[]> {
   if (options.warmup === 0) return [];
   await Promise.all(
-    senders.map((client) => client.send(options.warmup, 0, "w")),
+    senders.map((client) => client.send(options.warmup, options.rate, "w")),
   );
   // A relay that loses messages never completes it: go on once nothing
   // more has come for a second.
@@ -531,7 +531,7 @@ export async function runBench(
     await Promise.all(
       senders.map((client) => client.send(options.messages, options.rate)),
     );
-    await withTimeout(tally.done, options.timeoutMs);
+    const complete = await withTimeout(tally.done, options.timeoutMs);
     clearInterval(ticker);
     const seconds = (performance.now() - start) / 1000;
     const cpuAfter = cpuSample(target.pid);
@@ -572,7 +572,15 @@ export async function runBench(
           ? round((connected - idle) / options.clients, 1)
           : undefined,
       },
-      notes: [...target.notes, ...warmupNotes],
+      notes: [
+        ...target.notes,
+        ...warmupNotes,
+        ...(complete ? [] : [
+          `not every message arrived: the run ended at the timeout (${
+            options.timeoutMs / 1000
+          } s), which the time and rate above include`,
+        ]),
+      ],
     };
   } finally {
     await target.stop();
@@ -667,7 +675,8 @@ function formatReport(report: BenchReport): string[] {
 
 async function main(): Promise<void> {
   const options = argsOrExit(parseBenchArgs, USAGE);
-  const progress = options.json
+  // A line redrawn in place: only on a terminal, never into a log.
+  const progress = options.json || !Deno.stderr.isTerminal()
     ? undefined
     : (text: string) =>
       Deno.stderr.writeSync(new TextEncoder().encode(`\r${text}   `));
@@ -675,12 +684,14 @@ async function main(): Promise<void> {
     if (options.iterative) {
       const report = await runIterative(options, progress);
       if (options.json) return console.log(JSON.stringify(report));
-      console.error("");
+      if (progress) console.error("");
       console.log(
         `socklab bench: ${report.target}, ${report.clients} clients x ${report.messages} messages, one client at a time`,
       );
       console.log(
-        `all served in ${report.seconds} s (${report.messagesPerSecond} messages a second)`,
+        `all served in ${report.seconds} s (${
+          report.messagesPerSecond.toLocaleString("en")
+        } messages a second)`,
       );
       console.log(
         `wait in the backlog before the welcome: p50 ${report.waitInBacklogMs.p50} ms, p99 ${report.waitInBacklogMs.p99} ms, max ${report.waitInBacklogMs.max} ms`,
@@ -690,7 +701,7 @@ async function main(): Promise<void> {
     }
     const report = await runBench(options, progress);
     if (options.json) return console.log(JSON.stringify(report));
-    console.error("");
+    if (progress) console.error("");
     formatReport(report).forEach((line) => console.log(line));
     if (report.lost > 0 || report.garbled > 0) Deno.exit(1);
   } catch (error) {

@@ -39,6 +39,7 @@ Deno.test("deno task bench, small: every message reaches every other client, who
       report.latencyMs.p99 <= report.latencyMs.max,
   );
   assertMatch(report.notes[0], /--rate-limit 0 --max-clients 14/);
+  assertEquals(report.notes.length, 1, "the warm-up arrived in full");
   if (Deno.build.os === "linux") {
     assert(
       report.memoryKiB.idle > 0 &&
@@ -93,6 +94,57 @@ Deno.test({
     assertEquals(report.expected, 30);
     assert(report.delivered > 0);
   },
+});
+
+Deno.test("deno task bench says when a relay loses its warm-up and its messages", async () => {
+  // A relay that welcomes, passes on the bench's barrier line, and drops
+  // everything else.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  const relay = (async () => {
+    for await (const conn of listener) {
+      conns.push(conn);
+      await conn.write(new TextEncoder().encode("* welcome\n"));
+      (async () => {
+        const buffer = new Uint8Array(65536);
+        try {
+          for (let n; (n = await conn.read(buffer)) !== null;) {
+            const text = new TextDecoder().decode(buffer.subarray(0, n));
+            if (!text.includes("bench:")) continue;
+            const line = new TextEncoder().encode(text);
+            for (const other of conns) {
+              if (other !== conn) await other.write(line);
+            }
+          }
+        } catch {
+          // The bench closed it.
+        }
+      })();
+    }
+  })();
+  const { port } = listener.addr as Deno.NetAddr;
+  const [report] = await benchJson("bench/bench.ts", [
+    "--clients",
+    "3",
+    "--messages",
+    "2",
+    "--warmup",
+    "2",
+    "--timeout",
+    "1",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    String(port),
+  ]);
+  listener.close();
+  conns.forEach((conn) => conn.close());
+  await relay.catch(() => {});
+  assertEquals([report.delivered, report.lost], [0, 12]);
+  assertEquals(report.notes, [
+    "warm-up: 0 of 12 messages delivered before it went quiet",
+    "not every message arrived: the run ended at the timeout (1 s), which the time and rate above include",
+  ]);
 });
 
 Deno.test("deno task bench:udp, small: echo and month answer every request", async () => {

@@ -261,6 +261,17 @@ Deno.test("server relays a read mixing plain, non-ASCII, unsafe and command line
   }
 });
 
+Deno.test("server relays a line bigger than its relay buffer, in order, with a raised --max-line", async () => {
+  await using room = startServer({ quiet: true, maxLineBytes: 1 << 20 });
+  await using reader = await TestClient.join(room.port, "reader");
+  await using writer = await TestClient.join(room.port, "writer");
+  const big = "x".repeat(300_000);
+  await writer.write(`before\n${big}\nafter\n`);
+  assertEquals(await reader.lines.waitFor(/before$/), "<writer> before");
+  assertEquals(await reader.next(), `<writer> ${big}`);
+  assertEquals(await reader.next(), "<writer> after");
+});
+
 Deno.test("server discards a line over the limit, keeps the connection and its memory bounded", async () => {
   await using room = startServer({ maxLineBytes: 100 });
   await using reader = await TestClient.join(room.port, "reader");
