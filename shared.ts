@@ -55,10 +55,18 @@ export interface LineSink {
   line(bytes: Uint8Array, start: number, end: number): void;
   /** A line over the limit was dropped. */
   tooLong(): void;
+  /**
+   * Optional: takes as many whole lines as it can at once from `bytes`,
+   * starting at `start` (the start of a line), skipping the framer's work
+   * for each; lines over `maxLineBytes` are left to the framer.
+   * @returns where it stopped: the framer goes on from there
+   */
+  lines?(bytes: Uint8Array, start: number, maxLineBytes: number): number;
 }
 
-const LF = 0x0a;
-const CR = 0x0d;
+/** Line feed and carriage return, as bytes. */
+export const LF = 0x0a;
+export const CR = 0x0d;
 
 /**
  * Splits a byte stream into lines. TCP delivers bytes, not messages: one
@@ -105,10 +113,17 @@ export class LineFramer {
     // The LF of a CRLF split between reads: the CR ended the line.
     let start = this.#afterCR && chunk[0] === LF ? 1 : 0;
     this.#afterCR = false;
-    // Line ends are found by indexOf (native, fast), one kind at a time.
-    let nextLF = chunk.indexOf(LF, start);
-    let nextCR = chunk.indexOf(CR, start);
-    while (nextLF >= 0 || nextCR >= 0) {
+    // Line ends are found by indexOf (native, fast), one kind at a time,
+    // and looked for again only once passed (-1: there is none after).
+    let nextLF = -2;
+    let nextCR = -2;
+    while (true) {
+      if (sink.lines && this.#size === 0 && !this.#dropping) {
+        start = sink.lines(chunk, start, this.maxLineBytes);
+      }
+      if (nextLF !== -1 && nextLF < start) nextLF = chunk.indexOf(LF, start);
+      if (nextCR !== -1 && nextCR < start) nextCR = chunk.indexOf(CR, start);
+      if (nextLF < 0 && nextCR < 0) break;
       const atLF = nextCR < 0 || (nextLF >= 0 && nextLF < nextCR);
       const end = atLF ? nextLF : nextCR;
       this.#endLine(chunk, start, end, sink);
@@ -116,9 +131,7 @@ export class LineFramer {
       if (!atLF) {
         if (start === chunk.length) this.#afterCR = true;
         else if (chunk[start] === LF) start++;
-        nextCR = chunk.indexOf(CR, start);
       }
-      if (nextLF >= 0 && nextLF < start) nextLF = chunk.indexOf(LF, start);
     }
     this.#keep(chunk.subarray(start), sink);
   }
@@ -287,23 +300,30 @@ export function parseChatInput(rawLine: string): ChatInput {
 }
 
 /**
- * Is this line (as bytes) a message that {@linkcode parseChatInput} would
- * pass on unchanged? Printable ASCII only, not a command, no trailing
- * space. A server can then relay its bytes as they are, without decoding,
- * cleaning and encoding them again: most chat lines are like this.
+ * Copies a line that is a plain message into `into` at `at`: one that
+ * {@linkcode parseChatInput} would pass on unchanged (printable ASCII
+ * only, not a command, no trailing space). A server can then relay its
+ * bytes as they came, without decoding, cleaning and encoding them again:
+ * most chat lines are like this. It checks and copies in one pass.
+ * @returns where the copy ends in `into`, or -1 if the line is not plain
+ *   (bytes after `at` may then have been written)
  */
-export function isPlainMessage(
+export function copyPlainMessage(
   line: Uint8Array,
-  start = 0,
-  end = line.length,
-): boolean {
+  start: number,
+  end: number,
+  into: Uint8Array,
+  at: number,
+): number {
   if (end <= start || line[start] === SLASH || line[end - 1] === SPACE) {
-    return false;
+    return -1;
   }
   for (let i = start; i < end; i++) {
-    if (line[i] < SPACE || line[i] > TILDE) return false;
+    const byte = line[i];
+    if (byte < SPACE || byte > TILDE) return -1;
+    into[at++] = byte;
   }
-  return true;
+  return at;
 }
 
 const SPACE = 0x20;

@@ -5,6 +5,7 @@
 
 import { assert, assertEquals, assertMatch } from "@std/assert";
 import { startServer, TestClient } from "./helpers.ts";
+import { seededRandom } from "../udp_server.ts";
 
 Deno.test("server relays a message to every other client, not back to its sender", async () => {
   await using room = startServer();
@@ -259,6 +260,53 @@ Deno.test("server relays a read mixing plain, non-ASCII, unsafe and command line
       },
     );
   }
+});
+
+Deno.test("the fast path relays exactly what the usual way does, whatever the reads", async () => {
+  // A quiet server with no flood limit copies plain lines as bytes; a
+  // limit (never reached here) sends every line the usual way. The same
+  // seeded random stream, cut into random writes, must come out the same.
+  const random = seededRandom(11);
+  const pick = <T>(items: T[]) => items[Math.floor(random() * items.length)];
+  const kinds = [
+    () => `plain ${Math.floor(random() * 1e6)}`,
+    () => "trailing ",
+    () => "/me waves",
+    () => "//slash",
+    () => "/unknown",
+    () => "héllo 👋",
+    () => "\x1b[31mred\x1b[0m\ttab",
+    () => "",
+    () => "   ",
+    () => "x".repeat(150 + Math.floor(random() * 100)), // over the limit sometimes
+  ];
+  const ends = ["\n", "\n", "\r\n", "\r"];
+  let stream = "";
+  for (let i = 0; i < 600; i++) stream += pick(kinds)() + pick(ends);
+  stream += "the end\n";
+  const bytes = new TextEncoder().encode(stream);
+
+  const relayed = async (rateLimit: number) => {
+    await using room = startServer({
+      quiet: true,
+      maxLineBytes: 200,
+      rateLimit,
+      burst: rateLimit,
+    });
+    await using reader = await TestClient.join(room.port, "reader");
+    await using writer = await TestClient.join(room.port, "writer");
+    for (let at = 0; at < bytes.length;) {
+      const size = 1 + Math.floor(random() * 300);
+      await writer.write(bytes.subarray(at, at + size));
+      at += size;
+    }
+    await reader.lines.waitFor(/the end$/);
+    return reader.lines.all.filter((line) => /^(<|\*) ?writer/.test(line));
+  };
+  const fast = await relayed(0);
+  const usual = await relayed(1_000_000);
+  assert(fast.length > 300, `only ${fast.length} lines relayed`);
+  assertEquals(fast, usual);
 });
 
 Deno.test("server relays a line bigger than its relay buffer, in order, with a raised --max-line", async () => {

@@ -3,11 +3,11 @@
  * @module
  */
 
-import { assert, assertEquals, assertThrows } from "@std/assert";
+import { assertEquals, assertThrows } from "@std/assert";
 import {
   cleanText,
+  copyPlainMessage,
   type Frame,
-  isPlainMessage,
   LINE_TOO_LONG,
   LineEditor,
   LineFramer,
@@ -259,7 +259,7 @@ Deno.test("LineFramer finds the same lines whatever the read sizes", () => {
   }
 });
 
-Deno.test("isPlainMessage picks only lines that parseChatInput passes on as they are", () => {
+Deno.test("copyPlainMessage copies only lines that parseChatInput passes on as they are", () => {
   const plain = [
     "hello",
     "a",
@@ -277,16 +277,22 @@ Deno.test("isPlainMessage picks only lines that parseChatInput passes on as they
     "\x1b[31mred",
     "héllo",
     "del\x7f",
+    "cr\rinside",
   ];
+  const into = new Uint8Array(64);
+  const copied = (line: Uint8Array, start = 0, end = line.length) => {
+    const at = copyPlainMessage(line, start, end, into, 3);
+    return at < 0 ? undefined : new TextDecoder().decode(into.subarray(3, at));
+  };
   for (const line of plain) {
-    assert(isPlainMessage(bytes(line)), JSON.stringify(line));
+    assertEquals(copied(bytes(line)), line);
     assertEquals(parseChatInput(line), { kind: "message", text: line });
   }
   for (const line of other) {
-    assert(!isPlainMessage(bytes(line)), JSON.stringify(line));
+    assertEquals(copied(bytes(line)), undefined, JSON.stringify(line));
   }
-  // A range of a bigger buffer, as the server checks it.
+  // A range of a bigger buffer, as the server copies it.
   const read = bytes("/cmd\nplain\n");
-  assert(!isPlainMessage(read, 0, 4));
-  assert(isPlainMessage(read, 5, 10));
+  assertEquals(copied(read, 0, 4), undefined);
+  assertEquals(copied(read, 5, 10), "plain");
 });
