@@ -18,7 +18,7 @@ import {
   cleanText,
   clockTime,
   connectionHints,
-  copyPlainMessage,
+  copyPlainLine,
   CR,
   decodeLine,
   DEFAULT_PORT,
@@ -328,24 +328,27 @@ class RelayBuffer {
   }
 
   /**
-   * Copies in `<NAME> `, then `bytes` from `start` to `end` and a line
-   * end, if those bytes are a plain message (check that it fits first).
-   * @returns false, having added nothing, if they are not
+   * Copies in `<NAME> `, then the line at `bytes[start..]` and a line end,
+   * if that line is a plain message (see {@linkcode copyPlainLine}; check
+   * that `maxLineBytes` and more fit first).
+   * @returns the index of the line's LF in `bytes`, or -1, having added
+   *   nothing, if it is not
    */
-  addPlainMessage(
+  addPlainLine(
     prefix: Uint8Array,
     bytes: Uint8Array,
     start: number,
-    end: number,
-  ): boolean {
+    maxLineBytes: number,
+  ): number {
     const buffer = this.#buffer;
     let used = this.#used;
     for (let i = 0; i < prefix.length; i++) buffer[used++] = prefix[i];
-    used = copyPlainMessage(bytes, start, end, buffer, used);
-    if (used < 0) return false;
+    const lf = copyPlainLine(bytes, start, maxLineBytes, buffer, used);
+    if (lf < 0) return -1;
+    used += lf - start - (bytes[lf - 1] === CR ? 1 : 0);
     buffer[used++] = LF;
     this.#used = used;
-    return true;
+    return lf;
   }
 
   /** What was gathered since the last take, as a view. */
@@ -898,19 +901,20 @@ export class ChatServer extends Stoppable {
     if (!fast) return start;
     client.lastHeard = this.#readAt;
     const prefix = client.messagePrefix;
-    while (true) {
-      const lf = bytes.indexOf(LF, start);
+    while (start < bytes.length) {
+      const rest = Math.min(maxLineBytes, bytes.length - start);
+      const most = prefix.length + rest + 1;
+      if (!this.#roomFor(client, most)) return start;
+      const lf = this.#relayBuffer.addPlainLine(
+        prefix,
+        bytes,
+        start,
+        maxLineBytes,
+      );
       if (lf < 0) return start;
-      const end = lf > start && bytes[lf - 1] === CR ? lf - 1 : lf;
-      const size = prefix.length + end - start + 1;
-      if (end - start > maxLineBytes || !this.#roomFor(client, size)) {
-        return start;
-      }
-      if (!this.#relayBuffer.addPlainMessage(prefix, bytes, start, end)) {
-        return start;
-      }
       start = lf + 1;
     }
+    return start;
   }
 
   /**

@@ -300,30 +300,34 @@ export function parseChatInput(rawLine: string): ChatInput {
 }
 
 /**
- * Copies a line that is a plain message into `into` at `at`: one that
- * {@linkcode parseChatInput} would pass on unchanged (printable ASCII
- * only, not a command, no trailing space). A server can then relay its
- * bytes as they came, without decoding, cleaning and encoding them again:
- * most chat lines are like this. It checks and copies in one pass.
- * @returns where the copy ends in `into`, or -1 if the line is not plain
- *   (bytes after `at` may then have been written)
+ * Copies the line at `bytes[start..]` into `into` at `at` if it is a plain
+ * message: one that {@linkcode parseChatInput} would pass on unchanged
+ * (printable ASCII only, not a command, no trailing space). A server can
+ * then relay its bytes as they came, without decoding, cleaning and
+ * encoding them again: most chat lines are like this. One pass checks,
+ * copies and finds the line end (LF or CRLF), within `maxLineBytes`.
+ * @returns the index of the line's LF in `bytes`, or -1 (having perhaps
+ *   written past `at`) if it is not a plain message or has no line end yet
  */
-export function copyPlainMessage(
-  line: Uint8Array,
+export function copyPlainLine(
+  bytes: Uint8Array,
   start: number,
-  end: number,
+  maxLineBytes: number,
   into: Uint8Array,
   at: number,
 ): number {
-  if (end <= start || line[start] === SLASH || line[end - 1] === SPACE) {
-    return -1;
-  }
-  for (let i = start; i < end; i++) {
-    const byte = line[i];
-    if (byte < SPACE || byte > TILDE) return -1;
+  if (bytes[start] === SLASH) return -1;
+  const bound = Math.min(bytes.length, start + maxLineBytes);
+  let end = start;
+  while (end < bound) {
+    const byte = bytes[end];
+    if (byte < SPACE || byte > TILDE) break;
     into[at++] = byte;
+    end++;
   }
-  return at;
+  if (end === start || bytes[end - 1] === SPACE) return -1;
+  if (bytes[end] === LF) return end;
+  return bytes[end] === CR && bytes[end + 1] === LF ? end + 1 : -1;
 }
 
 const SPACE = 0x20;

@@ -42,7 +42,8 @@ OPTIONS:
       --messages <N>     Messages each sender sends (default 200)
       --senders <N>      How many of the clients send (default: all)
       --rate <N>         Messages a second per sender; 0 is as fast as possible (default 0)
-      --warmup <N>       Messages each sender sends first, not measured (default 50)
+      --warmup <N>       Messages each sender sends first, not measured (default:
+                         as many as --messages: the same load once, to warm up)
       --iterative        The same load against server.ts --iterative
       --host <HOST>      Bench a server already running there (with --port)
       --port <PORT>      Its port
@@ -89,11 +90,11 @@ export function parseBenchArgs(args: string[]): BenchOptions {
       clients: "50",
       messages: "200",
       rate: "0",
-      warmup: "50",
       timeout: "120",
     },
   });
   const clients = wholeFlag(flags, "clients", 2, 20_000);
+  const messages = wholeFlag(flags, "messages", 1, 1_000_000);
   const external = flags.host !== undefined || flags.port !== undefined;
   if (external && (flags.host === undefined || flags.port === undefined)) {
     throw new UsageError("--host and --port go together");
@@ -105,12 +106,16 @@ export function parseBenchArgs(args: string[]): BenchOptions {
   }
   return {
     clients,
-    messages: wholeFlag(flags, "messages", 1, 1_000_000),
+    messages,
     senders: flags.senders === undefined
       ? clients
       : Math.min(clients, wholeFlag(flags, "senders", 1, 20_000)),
     rate: wholeFlag(flags, "rate", 0, 1_000_000),
-    warmup: wholeFlag(flags, "warmup", 0, 1_000_000),
+    // By default the same load once: the JIT has then compiled the
+    // server's busy code, as in a server that has been running.
+    warmup: flags.warmup === undefined
+      ? messages
+      : wholeFlag(flags, "warmup", 0, 1_000_000),
     iterative: flags.iterative === true,
     host: flags.host === undefined ? undefined : String(flags.host),
     port: flags.port === undefined ? undefined : parsePort(flags.port),
@@ -463,9 +468,10 @@ async function withTimeout(promise: Promise<unknown>, ms: number) {
 }
 
 /**
- * The warm-up: a load like the measured one, smaller, that nobody times.
- * A JavaScript server runs its code slowly at first, until the JIT has
- * compiled it; the figures are for a server that has been running.
+ * The warm-up: a load like the measured one (by default the same) that
+ * nobody times. A JavaScript server runs its code slowly at first, until
+ * the JIT has compiled it; the figures are for a server that has been
+ * running.
  */
 async function warmUp(
   senders: BenchClient[],

@@ -62,6 +62,7 @@ Deno.test("deno task bench --rate and --senders pace and limit the senders", asy
   ]);
   assertEquals(report.expected, 5 * 2);
   assertEquals(report.delivered, 10);
+  assertEquals(report.warmup, 5, "by default the warm-up is the same load");
   assert(report.seconds >= 0.08, "5 messages at 50 a second take about 0.1 s");
 });
 

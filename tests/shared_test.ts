@@ -6,7 +6,7 @@
 import { assertEquals, assertThrows } from "@std/assert";
 import {
   cleanText,
-  copyPlainMessage,
+  copyPlainLine,
   type Frame,
   LINE_TOO_LONG,
   LineEditor,
@@ -259,7 +259,7 @@ Deno.test("LineFramer finds the same lines whatever the read sizes", () => {
   }
 });
 
-Deno.test("copyPlainMessage copies only lines that parseChatInput passes on as they are", () => {
+Deno.test("copyPlainLine copies only lines that parseChatInput passes on as they are", () => {
   const plain = [
     "hello",
     "a",
@@ -280,19 +280,27 @@ Deno.test("copyPlainMessage copies only lines that parseChatInput passes on as t
     "cr\rinside",
   ];
   const into = new Uint8Array(64);
-  const copied = (line: Uint8Array, start = 0, end = line.length) => {
-    const at = copyPlainMessage(line, start, end, into, 3);
-    return at < 0 ? undefined : new TextDecoder().decode(into.subarray(3, at));
+  /** The line copied from `text` at `start`, or undefined. */
+  const copied = (text: string, start = 0, maxLineBytes = 40) => {
+    const line = bytes(text);
+    const lf = copyPlainLine(line, start, maxLineBytes, into, 3);
+    if (lf < 0) return undefined;
+    assertEquals(line[lf], 0x0a, "it returns where the LF is");
+    const end = line[lf - 1] === 0x0d ? lf - 1 : lf;
+    return new TextDecoder().decode(into.subarray(3, 3 + end - start));
   };
   for (const line of plain) {
-    assertEquals(copied(bytes(line)), line);
+    assertEquals(copied(`${line}\n`), line);
+    assertEquals(copied(`${line}\r\nmore`), line);
     assertEquals(parseChatInput(line), { kind: "message", text: line });
   }
   for (const line of other) {
-    assertEquals(copied(bytes(line)), undefined, JSON.stringify(line));
+    assertEquals(copied(`${line}\n`), undefined, JSON.stringify(line));
   }
-  // A range of a bigger buffer, as the server copies it.
-  const read = bytes("/cmd\nplain\n");
-  assertEquals(copied(read, 0, 4), undefined);
-  assertEquals(copied(read, 5, 10), "plain");
+  assertEquals(copied("no line end yet"), undefined);
+  assertEquals(copied("a bare CR\r"), undefined, "the framer decides");
+  assertEquals(copied("x".repeat(40) + "\n"), "x".repeat(40));
+  assertEquals(copied("x".repeat(41) + "\n"), undefined, "too long");
+  // A line in the middle of a read, as the server copies it.
+  assertEquals(copied("/cmd\nplain\nnext", 5), "plain");
 });
