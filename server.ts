@@ -899,22 +899,23 @@ export class ChatServer extends Stoppable {
     const fast = client.name && !client.flood && this.options.quiet &&
       !client.leftBecause;
     if (!fast) return start;
-    client.lastHeard = this.#readAt;
     const prefix = client.messagePrefix;
-    while (start < bytes.length) {
-      const rest = Math.min(maxLineBytes, bytes.length - start);
-      const most = prefix.length + rest + 1;
-      if (!this.#roomFor(client, most)) return start;
+    let next = start;
+    while (next < bytes.length) {
+      const rest = Math.min(maxLineBytes, bytes.length - next);
+      if (!this.#roomFor(client, prefix.length + rest + 1)) break;
       const lf = this.#relayBuffer.addPlainLine(
         prefix,
         bytes,
-        start,
+        next,
         maxLineBytes,
       );
-      if (lf < 0) return start;
-      start = lf + 1;
+      if (lf < 0) break;
+      next = lf + 1;
     }
-    return start;
+    // Only whole lines count as being heard, as on the usual way.
+    if (next > start) client.lastHeard = this.#readAt;
+    return next;
   }
 
   /**

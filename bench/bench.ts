@@ -467,6 +467,11 @@ async function withTimeout(promise: Promise<unknown>, ms: number) {
   return settled;
 }
 
+/** `done/total (N%)`, for the progress line. */
+function share(done: number, total: number): string {
+  return `${done}/${total} (${Math.floor((100 * done) / Math.max(1, total))}%)`;
+}
+
 /**
  * The warm-up: a load like the measured one (by default the same) that
  * nobody times. A JavaScript server runs its code slowly at first, until
@@ -500,6 +505,7 @@ export async function runBench(
   progress?: (text: string) => void,
 ): Promise<BenchReport> {
   const target = await startTarget(options);
+  let ticker: ReturnType<typeof setInterval> | undefined;
   try {
     const idle = memoryKiB(target.pid, "VmRSS");
     const receivers = options.clients - 1;
@@ -517,28 +523,31 @@ export async function runBench(
       throw new Error("the relay did not pass a line to every client in time");
     }
     const connected = memoryKiB(target.pid, "VmRSS");
+    let measuring = false;
+    ticker = setInterval(
+      () =>
+        progress?.(
+          measuring
+            ? `deliveries ${share(tally.delivered, expected)}`
+            : `warm-up, not measured: ${
+              share(tally.warmupsDelivered, tally.warmupExpected)
+            }`,
+        ),
+      500,
+    );
     const warmupNotes = await warmUp(
       clients.slice(0, options.senders),
       options,
       tally,
     );
+    measuring = true;
     const cpuBefore = cpuSample(target.pid);
     const start = performance.now();
-    const ticker = setInterval(
-      () =>
-        progress?.(
-          `deliveries ${tally.delivered}/${expected} (${
-            Math.floor((100 * tally.delivered) / Math.max(1, expected))
-          }%)`,
-        ),
-      500,
-    );
     const senders = clients.slice(0, options.senders);
     await Promise.all(
       senders.map((client) => client.send(options.messages, options.rate)),
     );
     const complete = await withTimeout(tally.done, options.timeoutMs);
-    clearInterval(ticker);
     const seconds = (performance.now() - start) / 1000;
     const cpuAfter = cpuSample(target.pid);
     const peak = memoryKiB(target.pid, "VmHWM");
@@ -589,6 +598,7 @@ export async function runBench(
       ],
     };
   } finally {
+    clearInterval(ticker);
     await target.stop();
   }
 }
