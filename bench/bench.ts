@@ -9,6 +9,7 @@
  * deno task bench                                  # 50 clients x 200 messages
  * deno task bench --clients 5000 --messages 1 --senders 1
  * deno task bench --command "ncat -l --chat 127.0.0.1 {port}"
+ * deno task bench --compare "ncat -l --chat 127.0.0.1 {port}"
  * ```
  *
  * @module
@@ -49,9 +50,18 @@ OPTIONS:
       --port <PORT>      Its port
       --command <CMD>    Start another line-based relay instead, e.g.
                          "ncat -l --chat 127.0.0.1 {port}" ({port}: a free port)
+      --compare <CMD>    Run server.ts and the relay CMD starts in turn, --rounds
+                         times each, and compare their medians
+      --rounds <N>       Rounds of --compare (default 5)
       --timeout <S>      Give up waiting for deliveries after S seconds (default 120)
       --json             Print one machine-readable line instead of the report
   -h, --help             Show this help`;
+
+/**
+ * Rounds of --compare: one run swings by a third on a busy machine, the
+ * median of five alternating runs far less.
+ */
+const DEFAULT_ROUNDS = 5;
 
 /** What to run. */
 export interface BenchOptions {
@@ -64,6 +74,9 @@ export interface BenchOptions {
   host?: string;
   port?: number;
   command?: string;
+  /** A relay's command line to compare server.ts with. */
+  compare?: string;
+  rounds: number;
   timeoutMs: number;
   json: boolean;
   help: boolean;
@@ -82,6 +95,8 @@ export function parseBenchArgs(args: string[]): BenchOptions {
       "host",
       "port",
       "command",
+      "compare",
+      "rounds",
       "timeout",
     ],
     boolean: ["iterative", "json", "help"],
@@ -104,6 +119,22 @@ export function parseBenchArgs(args: string[]): BenchOptions {
       "--command starts a relay: leave out --host and --port",
     );
   }
+  const compare = flags.compare === undefined
+    ? undefined
+    : String(flags.compare);
+  if (compare !== undefined && (external || flags.command !== undefined)) {
+    throw new UsageError(
+      "--compare starts both relays itself: leave out --host, --port and --command",
+    );
+  }
+  if (compare !== undefined && flags.iterative) {
+    throw new UsageError(
+      "--compare measures the concurrent server: leave out --iterative",
+    );
+  }
+  if (compare === undefined && flags.rounds !== undefined) {
+    throw new UsageError("--rounds goes with --compare");
+  }
   return {
     clients,
     messages,
@@ -120,6 +151,10 @@ export function parseBenchArgs(args: string[]): BenchOptions {
     host: flags.host === undefined ? undefined : String(flags.host),
     port: flags.port === undefined ? undefined : parsePort(flags.port),
     command: flags.command === undefined ? undefined : String(flags.command),
+    compare,
+    rounds: flags.rounds === undefined
+      ? DEFAULT_ROUNDS
+      : wholeFlag(flags, "rounds", 1, 100),
     timeoutMs: wholeFlag(flags, "timeout", 1, 86_400) * 1000,
     json: flags.json === true,
     help: flags.help === true,
@@ -269,6 +304,8 @@ const BARRIER = "bench: everyone is here";
 /** What the receivers saw. */
 class Tally {
   delivered = 0;
+  /** When the last message arrived (performance.now()). */
+  lastDeliveryAt = 0;
   garbled = 0;
   outOfOrder = 0;
   latencies: number[] = [];
@@ -291,6 +328,7 @@ class Tally {
   }
 
   record(latency: number): void {
+    this.lastDeliveryAt = performance.now();
     this.delivered++;
     this.latencies.push(latency);
     if (this.delivered >= this.expected) this.#allDelivered!();
@@ -467,6 +505,34 @@ async function withTimeout(promise: Promise<unknown>, ms: number) {
   return settled;
 }
 
+/**
+ * How long a run waits with nothing arriving before it gives up on the
+ * rest: a relay that loses messages (ncat --chat does) never delivers
+ * them all.
+ */
+const QUIET_MS = 1000;
+
+/**
+ * Waits until `all` settles, or nothing more has arrived (by `arrived`)
+ * for QUIET_MS, or `timeoutMs` has passed.
+ * @returns how the wait ended
+ */
+async function awaitDeliveries(
+  all: Promise<void>,
+  arrived: () => number,
+  timeoutMs: number,
+): Promise<"all" | "quiet" | "timeout"> {
+  const deadline = performance.now() + timeoutMs;
+  let seen = -1;
+  while (true) {
+    if (seen === arrived()) return "quiet";
+    const left = deadline - performance.now();
+    if (left <= 0) return "timeout";
+    seen = arrived();
+    if (await withTimeout(all, Math.min(QUIET_MS, left))) return "all";
+  }
+}
+
 /** `done/total (N%)`, for the progress line. */
 function share(done: number, total: number): string {
   return `${done}/${total} (${Math.floor((100 * done) / Math.max(1, total))}%)`;
@@ -487,15 +553,16 @@ async function warmUp(
   await Promise.all(
     senders.map((client) => client.send(options.warmup, options.rate, "w")),
   );
-  // A relay that loses messages never completes it: go on once nothing
-  // more has come for a second.
-  let seen = -1;
-  while (seen !== tally.warmupsDelivered) {
-    seen = tally.warmupsDelivered;
-    if (await withTimeout(tally.warmedUp, 1000)) return [];
-  }
+  const ended = await awaitDeliveries(
+    tally.warmedUp,
+    () => tally.warmupsDelivered,
+    options.timeoutMs,
+  );
+  if (ended === "all") return [];
   return [
-    `warm-up: ${seen} of ${tally.warmupExpected} messages delivered before it went quiet`,
+    `warm-up: ${tally.warmupsDelivered} of ${tally.warmupExpected} messages delivered before it ${
+      ended === "quiet" ? "went quiet" : "timed out"
+    }`,
   ];
 }
 
@@ -547,9 +614,15 @@ export async function runBench(
     await Promise.all(
       senders.map((client) => client.send(options.messages, options.rate)),
     );
-    const complete = await withTimeout(tally.done, options.timeoutMs);
-    const seconds = (performance.now() - start) / 1000;
+    const ended = await awaitDeliveries(
+      tally.done,
+      () => tally.delivered,
+      options.timeoutMs,
+    );
     const cpuAfter = cpuSample(target.pid);
+    // Up to the last delivery: not the quiet second after a loss.
+    const end = tally.delivered > 0 ? tally.lastDeliveryAt : performance.now();
+    const seconds = (end - start) / 1000;
     const peak = memoryKiB(target.pid, "VmHWM");
     clients.forEach((client) => client.close());
     await Promise.all(clients.map((client) => client.closed));
@@ -590,10 +663,12 @@ export async function runBench(
       notes: [
         ...target.notes,
         ...warmupNotes,
-        ...(complete ? [] : [
-          `not every message arrived: the run ended at the timeout (${
-            options.timeoutMs / 1000
-          } s), which the time and rate above include`,
+        ...(ended === "all" ? [] : [
+          `not every message arrived: the run ended ${
+            ended === "quiet"
+              ? `when nothing more came for ${QUIET_MS / 1000} s`
+              : `at the timeout (${options.timeoutMs / 1000} s)`
+          }; the time and rate above run to the last delivery`,
         ]),
       ],
     };
@@ -653,15 +728,155 @@ export async function runIterative(
   }
 }
 
-function formatReport(report: BenchReport): string[] {
-  const mib = (kib?: number) =>
-    kib === undefined ? "n/a" : `${(kib / 1024).toFixed(1)} MiB`;
+/** The median of some figures, and their range. */
+export interface Spread {
+  median: number;
+  min: number;
+  max: number;
+}
+
+function spread(values: number[]): Spread {
+  const sorted = [...values].sort((a, b) => a - b);
+  return {
+    median: percentile(sorted, 50),
+    min: sorted[0],
+    max: sorted[sorted.length - 1],
+  };
+}
+
+/** One relay's runs in a comparison. */
+export interface RelayRuns {
+  target: string;
+  cpuMsPer1000Deliveries?: Spread;
+  deliveriesPerSecond: Spread;
+  latencyP99Ms: Spread;
+  /** Over all its runs. */
+  lost: number;
+  garbled: number;
+  notes: string[];
+  runs: BenchReport[];
+}
+
+/** server.ts and another relay, run in turn. */
+export interface Comparison {
+  rounds: number;
+  relays: RelayRuns[];
+  /** server.ts's median CPU per delivery over the other relay's. */
+  cpuRatio?: number;
+}
+
+/** Each kind of note once: the first of those that differ only in numbers. */
+function distinctNotes(notes: string[]): string[] {
+  const byKind = new Map<string, string>();
+  for (const note of notes) {
+    const kind = note.replace(/\d+/g, "N");
+    if (!byKind.has(kind)) byKind.set(kind, note);
+  }
+  return [...byKind.values()];
+}
+
+function relayRuns(runs: BenchReport[]): RelayRuns {
+  const cpu = runs.map((run) => run.cpuMsPer1000Deliveries);
+  const sum = (count: (run: BenchReport) => number) =>
+    runs.reduce((total, run) => total + count(run), 0);
+  return {
+    target: runs[0].target,
+    cpuMsPer1000Deliveries: cpu.every((value) => value !== undefined)
+      ? spread(cpu as number[])
+      : undefined,
+    deliveriesPerSecond: spread(runs.map((run) => run.deliveriesPerSecond)),
+    latencyP99Ms: spread(runs.map((run) => run.latencyMs.p99)),
+    lost: sum((run) => run.lost),
+    garbled: sum((run) => run.garbled),
+    notes: distinctNotes(runs.flatMap((run) => run.notes)),
+    runs,
+  };
+}
+
+/**
+ * Runs server.ts, then the relay `options.compare` starts, then server.ts
+ * again, and so on: each run on a fresh process, so both meet the same
+ * changes in the machine's load.
+ */
+export async function runComparison(
+  options: BenchOptions,
+  progress?: (text: string) => void,
+): Promise<Comparison> {
+  const commands = [undefined, options.compare];
+  const runs: BenchReport[][] = commands.map(() => []);
+  for (let round = 1; round <= options.rounds; round++) {
+    for (const [index, command] of commands.entries()) {
+      const label = `round ${round}/${options.rounds}, ${
+        command ?? "server.ts"
+      }`;
+      runs[index].push(
+        await runBench(
+          { ...options, command, compare: undefined },
+          progress && ((text) => progress(`${label}: ${text}`)),
+        ),
+      );
+    }
+  }
+  const relays = runs.map(relayRuns);
+  const [ours, theirs] = relays.map((relay) =>
+    relay.cpuMsPer1000Deliveries?.median
+  );
+  return {
+    rounds: options.rounds,
+    relays,
+    cpuRatio: ours !== undefined && theirs
+      ? round(ours / theirs, 2)
+      : undefined,
+  };
+}
+
+function formatComparison(comparison: Comparison): string[] {
+  const [ours, theirs] = comparison.relays;
+  const first = ours.runs[0];
+  const lines = [
+    `socklab bench: server.ts and "${theirs.target}" in turn, ${comparison.rounds} runs each`,
+    loadLine(first),
+  ];
+  const range = ({ min, max }: Spread) => `${min} to ${max}`;
+  for (const relay of comparison.relays) {
+    lines.push(relay.target);
+    if (relay.cpuMsPer1000Deliveries) {
+      lines.push(
+        `  server CPU   ${relay.cpuMsPer1000Deliveries.median} ms per 1,000 deliveries (median; ${
+          range(relay.cpuMsPer1000Deliveries)
+        })`,
+      );
+    }
+    lines.push(
+      `  deliveries   ${
+        relay.deliveriesPerSecond.median.toLocaleString("en")
+      } a second (median), latency p99 ${relay.latencyP99Ms.median} ms (median)`,
+      `  lost ${relay.lost}, garbled ${relay.garbled} (all runs)`,
+      ...relay.notes.map((note) => `  note: ${note}`),
+    );
+  }
+  if (comparison.cpuRatio !== undefined) {
+    lines.push(
+      `server.ts's CPU per delivery is ${comparison.cpuRatio} times that of "${theirs.target}" (medians)`,
+    );
+  }
+  return lines;
+}
+
+/** What was sent, and how fast. */
+function loadLine(report: BenchReport): string {
   const pace = report.rate === 0
     ? "as fast as possible"
     : `${report.rate} a second each`;
+  return `${report.clients} clients, ${report.senders} sending ${report.messages} messages ${pace} (after ${report.warmup} not measured, to warm up)`;
+}
+
+function formatReport(report: BenchReport): string[] {
+  const mib = (kib?: number) =>
+    kib === undefined ? "n/a" : `${(kib / 1024).toFixed(1)} MiB`;
   const lines = [
     `socklab bench: ${report.target}`,
-    `${report.clients} clients, ${report.senders} sending ${report.messages} messages ${pace} (after ${report.warmup} not measured, to warm up)`,
+    loadLine(report),
     `deliveries   ${report.delivered.toLocaleString("en")} of ${
       report.expected.toLocaleString("en")
     } in ${report.seconds} s = ${
@@ -713,6 +928,16 @@ async function main(): Promise<void> {
         `wait in the backlog before the welcome: p50 ${report.waitInBacklogMs.p50} ms, p99 ${report.waitInBacklogMs.p99} ms, max ${report.waitInBacklogMs.max} ms`,
       );
       report.notes.forEach((note) => console.log(`note: ${note}`));
+      return;
+    }
+    if (options.compare !== undefined) {
+      const comparison = await runComparison(options, progress);
+      if (options.json) return console.log(JSON.stringify(comparison));
+      if (progress) console.error("");
+      formatComparison(comparison).forEach((line) => console.log(line));
+      // Only server.ts is held to losing nothing.
+      const [ours] = comparison.relays;
+      if (ours.lost > 0 || ours.garbled > 0) Deno.exit(1);
       return;
     }
     const report = await runBench(options, progress);
