@@ -9,7 +9,7 @@
  * deno task bench                                  # 50 clients x 200 messages
  * deno task bench --clients 5000 --messages 1 --senders 1
  * deno task bench --command "ncat -l --chat 127.0.0.1 {port}"
- * deno task bench --compare "ncat -l --chat 127.0.0.1 {port}"
+ * deno task bench --compare "ncat -l --chat 127.0.0.1 {port}" --pin
  * ```
  *
  * @module
@@ -19,6 +19,7 @@ import {
   cpuSample,
   cpuSecondsBetween,
   percentile,
+  pinApart,
   round,
   startScript,
 } from "./measure.ts";
@@ -53,6 +54,8 @@ OPTIONS:
       --compare <CMD>    Run server.ts and the relay CMD starts in turn, --rounds
                          times each, and compare their medians
       --rounds <N>       Rounds of --compare (default 5)
+      --pin              Run the server on a core of its own, the bench on the
+                         others (Linux, with taskset): steadier CPU figures
       --timeout <S>      Give up waiting for deliveries after S seconds (default 120)
       --json             Print one machine-readable line instead of the report
   -h, --help             Show this help`;
@@ -77,6 +80,7 @@ export interface BenchOptions {
   /** A relay's command line to compare server.ts with. */
   compare?: string;
   rounds: number;
+  pin: boolean;
   timeoutMs: number;
   json: boolean;
   help: boolean;
@@ -99,7 +103,7 @@ export function parseBenchArgs(args: string[]): BenchOptions {
       "rounds",
       "timeout",
     ],
-    boolean: ["iterative", "json", "help"],
+    boolean: ["iterative", "json", "pin", "help"],
     alias: { h: "help" },
     default: {
       clients: "50",
@@ -132,6 +136,11 @@ export function parseBenchArgs(args: string[]): BenchOptions {
       "--compare measures the concurrent server: leave out --iterative",
     );
   }
+  if (external && flags.pin) {
+    throw new UsageError(
+      "--pin starts the server on a core of its own: leave out --host and --port",
+    );
+  }
   if (compare === undefined && flags.rounds !== undefined) {
     throw new UsageError("--rounds goes with --compare");
   }
@@ -155,6 +164,7 @@ export function parseBenchArgs(args: string[]): BenchOptions {
     rounds: flags.rounds === undefined
       ? DEFAULT_ROUNDS
       : wholeFlag(flags, "rounds", 1, 100),
+    pin: flags.pin === true,
     timeoutMs: wholeFlag(flags, "timeout", 1, 86_400) * 1000,
     json: flags.json === true,
     help: flags.help === true,
@@ -185,13 +195,23 @@ async function startTarget(options: BenchOptions): Promise<Target> {
       stop: async () => {},
     };
   }
-  return options.command === undefined
-    ? await startSocklab(options)
-    : await startCommand(options.command);
+  const pinning = options.pin ? await pinApart() : undefined;
+  const target = options.command === undefined
+    ? await startSocklab(options, pinning?.launcher)
+    : await startCommand(options.command, pinning?.launcher);
+  if (pinning) {
+    target.notes.push(
+      `pinned: the server runs on core ${pinning.serverCore} alone, the bench on core ${pinning.benchCores}`,
+    );
+  }
+  return target;
 }
 
 /** Starts server.ts with the flood limit and client cap raised for the load. */
-async function startSocklab(options: BenchOptions): Promise<Target> {
+async function startSocklab(
+  options: BenchOptions,
+  launcher?: string[],
+): Promise<Target> {
   const raised = [
     "--rate-limit",
     "0",
@@ -205,7 +225,7 @@ async function startSocklab(options: BenchOptions): Promise<Target> {
     "--quiet",
     ...(options.iterative ? ["--iterative"] : []),
   ];
-  const server = await startScript("server.ts", flags);
+  const server = await startScript("server.ts", flags, launcher);
   return {
     host: "127.0.0.1",
     port: server.port,
@@ -221,13 +241,17 @@ async function startSocklab(options: BenchOptions): Promise<Target> {
 }
 
 /** Starts another relay from a command line, on a free port. */
-async function startCommand(command: string): Promise<Target> {
+async function startCommand(
+  command: string,
+  launcher: string[] = [],
+): Promise<Target> {
   const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (probe.addr as Deno.NetAddr).port;
   probe.close();
-  const [program, ...args] = command.replaceAll("{port}", String(port)).split(
-    /\s+/,
-  );
+  const [program, ...args] = [
+    ...launcher,
+    ...command.replaceAll("{port}", String(port)).split(/\s+/),
+  ];
   const child = new Deno.Command(program, {
     args,
     stdin: "null",

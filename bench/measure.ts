@@ -17,13 +17,26 @@ export interface StartedServer {
  * Runs `deno run -A SCRIPT ARGS` from the repository root, waits for the
  * port in its banner, and keeps reading its log, so that a full pipe
  * never blocks the server.
+ * @param launcher a command to run it with, such as `taskset -c 1`
  */
 export async function startScript(
   script: string,
   args: string[],
+  launcher: string[] = [],
 ): Promise<StartedServer> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", script, "--host", "127.0.0.1", "--port", "0", ...args],
+  const [program, ...before] = [...launcher, Deno.execPath()];
+  const child = new Deno.Command(program, {
+    args: [
+      ...before,
+      "run",
+      "-A",
+      script,
+      "--host",
+      "127.0.0.1",
+      "--port",
+      "0",
+      ...args,
+    ],
     cwd: new URL("..", import.meta.url).pathname,
     stdin: "null",
     stdout: "piped",
@@ -48,6 +61,46 @@ export async function startScript(
       child.kill("SIGTERM");
       await child.status;
     },
+  };
+}
+
+/** Which cores the bench and the server run on, with --pin. */
+export interface Pinning {
+  /** The server's core (the last one). */
+  serverCore: number;
+  /** The bench's cores (the others), as taskset writes a list: "0-2". */
+  benchCores: string;
+  /** `taskset -c N`: what starts a process on the server's core. */
+  launcher: string[];
+}
+
+/**
+ * Moves this process (every thread) off the last core, and says how to
+ * start the server on it: so the two do not take turns on one core, and
+ * the server's CPU time is its own work, not waiting on the bench's.
+ * @throws {Error} where that cannot be done (one core, no taskset)
+ */
+export async function pinApart(): Promise<Pinning> {
+  const cores = navigator.hardwareConcurrency;
+  if (cores < 2) throw new Error("--pin needs two cores or more");
+  const serverCore = cores - 1;
+  const benchCores = serverCore === 1 ? "0" : `0-${serverCore - 1}`;
+  try {
+    const { success } = await new Deno.Command("taskset", {
+      args: ["-a", "-p", "-c", benchCores, String(Deno.pid)],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    if (!success) throw new Error("taskset failed");
+  } catch {
+    throw new Error(
+      "--pin needs taskset (Linux, util-linux) and the right to use it",
+    );
+  }
+  return {
+    serverCore,
+    benchCores,
+    launcher: ["taskset", "-c", String(serverCore)],
   };
 }
 

@@ -219,7 +219,7 @@ Deno.test("deno task bench --compare prints a report a person reads", async () =
   }
 });
 
-Deno.test("deno task bench: --compare and --rounds are checked", () => {
+Deno.test("deno task bench: --compare, --rounds and --pin are checked", () => {
   assertEquals(parseBenchArgs(["--compare", "ncat -l {port}"]).rounds, 5);
   assertThrows(
     () => parseBenchArgs(["--rounds", "3"]),
@@ -237,9 +237,37 @@ Deno.test("deno task bench: --compare and --rounds are checked", () => {
     "leave out --iterative",
   );
   assertThrows(
+    () => parseBenchArgs(["--pin", "--host", "127.0.0.1", "--port", "9999"]),
+    UsageError,
+    "--pin starts the server",
+  );
+  assertThrows(
     () => parseBenchArgs(["--compare", "x", "--rounds", "0"]),
     UsageError,
   );
+});
+
+Deno.test({
+  name: "deno task bench --pin runs the server on a core of its own",
+  ignore: Deno.build.os !== "linux" || !hasProgram("taskset") ||
+    navigator.hardwareConcurrency < 2,
+  async fn() {
+    const [report] = await benchJson("bench/bench.ts", [
+      "--clients",
+      "3",
+      "--messages",
+      "5",
+      "--pin",
+    ]);
+    assertEquals(report.delivered, 30);
+    const last = navigator.hardwareConcurrency - 1;
+    assertEquals(
+      report.notes.at(-1),
+      `pinned: the server runs on core ${last} alone, the bench on core ${
+        last === 1 ? "0" : `0-${last - 1}`
+      }`,
+    );
+  },
 });
 
 Deno.test("deno task bench:udp, small: echo and month answer every request", async () => {
