@@ -252,12 +252,18 @@ async function startCommand(
     ...launcher,
     ...command.replaceAll("{port}", String(port)).split(/\s+/),
   ];
-  const child = new Deno.Command(program, {
-    args,
-    stdin: "null",
-    stdout: "null",
-    stderr: "inherit",
-  }).spawn();
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(program, {
+      args,
+      stdin: "null",
+      stdout: "null",
+      stderr: "inherit",
+    }).spawn();
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+    throw new Error(`cannot start "${command}": no program "${program}" here`);
+  }
   // It prints no banner: wait until the kernel shows its port listening.
   // (Not by connecting: a connection closed at once can kill ncat --chat.)
   for (let tries = 0; !isListening(port); tries++) {

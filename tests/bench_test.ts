@@ -270,6 +270,37 @@ Deno.test({
   },
 });
 
+Deno.test("deno task bench --pin without taskset says what it needs", async () => {
+  const empty = await Deno.makeTempDir();
+  try {
+    await using run = new Spawned(
+      ["run", "-A", "bench/bench.ts", "--clients", "2", "--pin"],
+      { env: { PATH: empty } },
+    );
+    assertEquals((await run.status()).code, 1);
+    assertMatch(
+      run.stderr.all.join("\n"),
+      /^bench failed: --pin needs (taskset|two cores)/m,
+    );
+  } finally {
+    await Deno.remove(empty);
+  }
+});
+
+Deno.test("deno task bench --command names a program that is not there", async () => {
+  await using run = new Spawned([
+    "run",
+    "-A",
+    "bench/bench.ts",
+    "--command",
+    "no-such-relay -l {port}",
+  ]);
+  assertEquals((await run.status()).code, 1);
+  assertEquals(run.stderr.all, [
+    'bench failed: cannot start "no-such-relay -l {port}": no program "no-such-relay" here',
+  ]);
+});
+
 Deno.test("deno task bench:udp, small: echo and month answer every request", async () => {
   const reports = await benchJson("bench/bench_udp.ts", [
     "--clients",
