@@ -99,12 +99,26 @@ Deno.test({
   },
 });
 
-Deno.test("deno task bench says when a relay loses its warm-up and its messages", async () => {
-  // A relay that welcomes, passes on the bench's barrier line, and drops
-  // everything else.
+/**
+ * A relay that welcomes each client and passes on the bench's barrier
+ * line; the other lines it drops, or, trickling, passes on one at a time,
+ * every 200 ms.
+ */
+function startFaultyRelay(mode: "drop" | "trickle") {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const conns: Deno.Conn[] = [];
-  const relay = (async () => {
+  const queue: { line: string; from: Deno.Conn }[] = [];
+  const relayTo = async (from: Deno.Conn, text: string) => {
+    const bytes = new TextEncoder().encode(text);
+    for (const other of conns) {
+      if (other !== from) await other.write(bytes).catch(() => 0);
+    }
+  };
+  const trickle = setInterval(() => {
+    const next = queue.shift();
+    if (next) relayTo(next.from, `${next.line}\n`);
+  }, 200);
+  const serving = (async () => {
     for await (const conn of listener) {
       conns.push(conn);
       await conn.write(new TextEncoder().encode("* welcome\n"));
@@ -113,10 +127,10 @@ Deno.test("deno task bench says when a relay loses its warm-up and its messages"
         try {
           for (let n; (n = await conn.read(buffer)) !== null;) {
             const text = new TextDecoder().decode(buffer.subarray(0, n));
-            if (!text.includes("bench:")) continue;
-            const line = new TextEncoder().encode(text);
-            for (const other of conns) {
-              if (other !== conn) await other.write(line);
+            if (text.includes("bench:")) await relayTo(conn, text);
+            else if (mode === "trickle") {
+              const lines = text.split("\n").filter((line) => line);
+              queue.push(...lines.map((line) => ({ line, from: conn })));
             }
           }
         } catch {
@@ -125,7 +139,19 @@ Deno.test("deno task bench says when a relay loses its warm-up and its messages"
       })();
     }
   })();
-  const { port } = listener.addr as Deno.NetAddr;
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    async [Symbol.asyncDispose]() {
+      clearInterval(trickle);
+      listener.close();
+      conns.forEach((conn) => conn.close());
+      await serving.catch(() => {});
+    },
+  };
+}
+
+Deno.test("deno task bench says when a relay loses its warm-up and its messages", async () => {
+  await using relay = startFaultyRelay("drop");
   const [report] = await benchJson("bench/bench.ts", [
     "--clients",
     "3",
@@ -136,15 +162,35 @@ Deno.test("deno task bench says when a relay loses its warm-up and its messages"
     "--host",
     "127.0.0.1",
     "--port",
-    String(port),
+    String(relay.port),
   ]);
-  listener.close();
-  conns.forEach((conn) => conn.close());
-  await relay.catch(() => {});
   assertEquals([report.delivered, report.lost], [0, 12]);
   assertEquals(report.notes, [
     "warm-up: 0 of 12 messages delivered before it went quiet",
     "not every message arrived: the run ended when nothing more came for 1 s; the time and rate above run to the last delivery",
+  ]);
+});
+
+Deno.test("deno task bench stops at --timeout a relay that delivers, but too slowly", async () => {
+  await using relay = startFaultyRelay("trickle");
+  const [report] = await benchJson("bench/bench.ts", [
+    "--clients",
+    "3",
+    "--messages",
+    "20",
+    "--warmup",
+    "0",
+    "--timeout",
+    "1",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    String(relay.port),
+  ]);
+  assert(report.delivered > 0, "some came, one line every 200 ms");
+  assert(report.lost > 0);
+  assertEquals(report.notes, [
+    "not every message arrived: the run ended at the timeout (1 s); the time and rate above run to the last delivery",
   ]);
 });
 
