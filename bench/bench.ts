@@ -56,7 +56,8 @@ OPTIONS:
       --rounds <N>       Rounds of --compare (default 5)
       --pin              Run the server on a core of its own, the bench on the
                          others (Linux, with taskset): steadier CPU figures
-      --timeout <S>      Give up waiting for deliveries after S seconds (default 120)
+      --timeout <S>      Give up waiting for deliveries after S seconds (default 120);
+                         a run also ends once nothing more has come for 1 s
       --json             Print one machine-readable line instead of the report
   -h, --help             Show this help`;
 
