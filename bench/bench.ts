@@ -837,9 +837,9 @@ export async function runComparison(
   const runs: BenchReport[][] = commands.map(() => []);
   for (let round = 1; round <= options.rounds; round++) {
     for (const [index, command] of commands.entries()) {
-      const label = `round ${round}/${options.rounds}, ${
-        command ?? "server.ts"
-      }`;
+      // The program's name alone: the line must fit a narrow terminal.
+      const name = command?.trim().split(/\s+/)[0].split("/").at(-1);
+      const label = `round ${round}/${options.rounds}, ${name ?? "server.ts"}`;
       runs[index].push(
         await runBench(
           { ...options, command, compare: undefined },
@@ -865,7 +865,9 @@ function formatComparison(comparison: Comparison): string[] {
   const [ours, theirs] = comparison.relays;
   const first = ours.runs[0];
   const lines = [
-    `socklab bench: server.ts and "${theirs.target}" in turn, ${comparison.rounds} runs each`,
+    `socklab bench: server.ts and "${theirs.target}" in turn, ${
+      comparison.rounds === 1 ? "1 run" : `${comparison.rounds} runs`
+    } each`,
     loadLine(first),
   ];
   const range = ({ min, max }: Spread) => `${min} to ${max}`;
@@ -941,7 +943,8 @@ async function main(): Promise<void> {
   const progress = options.json || !Deno.stderr.isTerminal()
     ? undefined
     : (text: string) =>
-      Deno.stderr.writeSync(new TextEncoder().encode(`\r${text}   `));
+      // "\x1b[K" clears what a longer line before left.
+      Deno.stderr.writeSync(new TextEncoder().encode(`\r${text}\x1b[K`));
   try {
     if (options.iterative) {
       const report = await runIterative(options, progress);

@@ -74,13 +74,19 @@ export interface Pinning {
   launcher: string[];
 }
 
+let pinning: Promise<Pinning> | undefined;
+
 /**
- * Moves this process (every thread) off the last core, and says how to
- * start the server on it: so the two do not take turns on one core, and
- * the server's CPU time is its own work, not waiting on the bench's.
+ * Moves this process (every thread) off the last core, once, and says how
+ * to start the server on it: so the two do not take turns on one core,
+ * and the server's CPU time is its own work, not waiting on the bench's.
  * @throws {Error} where that cannot be done (one core, no taskset)
  */
-export async function pinApart(): Promise<Pinning> {
+export function pinApart(): Promise<Pinning> {
+  return pinning ??= pinOffLastCore();
+}
+
+async function pinOffLastCore(): Promise<Pinning> {
   const cores = navigator.hardwareConcurrency;
   if (cores < 2) throw new Error("--pin needs two cores or more");
   const serverCore = cores - 1;

@@ -256,13 +256,49 @@ Deno.test("deno task bench --compare prints a report a person reads", async () =
   const report = run.stdout.all.join("\n");
   assertMatch(
     report,
-    /server\.ts and ".*server\.ts --host.*" in turn, 1 runs each/,
+    /server\.ts and ".*server\.ts --host.*" in turn, 1 run each/,
   );
   assertMatch(report, /^ {2}lost 0, garbled 0 \(all runs\)$/m);
   if (Deno.build.os === "linux") {
     assertMatch(report, /ms per 1,000 deliveries \(median; /);
     assertMatch(report, /CPU per delivery is [\d.]+ times that of/);
   }
+});
+
+Deno.test({
+  name:
+    "deno task bench on a terminal redraws one progress line, naming the round and the relay",
+  ignore: !hasProgram("script"),
+  async fn() {
+    // script(1) gives the bench a terminal. At 5 messages a second, each
+    // warm-up and run lasts about a second: past the 500 ms of a redraw.
+    const bench = [
+      Deno.execPath(),
+      "run -A bench/bench.ts --clients 2 --messages 5 --rate 5 --rounds 1",
+      `--compare '${Deno.execPath()} run -A server.ts --port {port} --quiet'`,
+    ].join(" ");
+    await using run = new Spawned(
+      ["-qfec", `stty cols 80; ${bench}`, "/dev/null"],
+      {},
+      "script",
+    );
+    assertEquals((await run.status()).code, 0, run.stdout.all.join("\n"));
+    // The line reader here splits at "\r" too: each redraw is a line.
+    const redraws = run.stdout.all.filter((line) => line.startsWith("round "));
+    const ours = redraws.filter((part) =>
+      part.startsWith("round 1/1, server.ts: ")
+    );
+    const theirs = redraws.filter((part) =>
+      part.startsWith("round 1/1, deno: ")
+    );
+    assert(ours.length > 0 && theirs.length > 0, redraws.join(" | "));
+    for (const part of redraws) {
+      assertMatch(
+        part,
+        /^round 1\/1, (server\.ts|deno): (warm-up, not measured:|deliveries) \d+\/\d+ \(\d+%\)\x1b\[K/,
+      );
+    }
+  },
 });
 
 Deno.test("deno task bench: --compare, --rounds and --pin are checked", () => {
