@@ -554,13 +554,14 @@ async function awaitDeliveries(
   timeoutMs: number,
 ): Promise<"all" | "quiet" | "timeout"> {
   const deadline = performance.now() + timeoutMs;
-  let seen = -1;
   while (true) {
-    if (seen === arrived()) return "quiet";
-    const left = deadline - performance.now();
-    if (left <= 0) return "timeout";
-    seen = arrived();
-    if (await withTimeout(all, Math.min(QUIET_MS, left))) return "all";
+    const seen = arrived();
+    const left = Math.max(0, deadline - performance.now());
+    const window = Math.min(QUIET_MS, left);
+    if (await withTimeout(all, window)) return "all";
+    // Quiet only after a whole window: one the deadline cut short is not.
+    if (window < QUIET_MS) return "timeout";
+    if (arrived() === seen) return "quiet";
   }
 }
 
