@@ -1,305 +1,430 @@
-#!/usr/bin/env -S deno run --allow-net
+#!/usr/bin/env -S deno run --allow-net --allow-read --allow-env=SOCKLAB_PASSWORD
 /**
- * socklab TCP chat client: connects to server.ts (or any line-based chat),
- * and reads from the server and from the keyboard at the same time, so
- * messages appear while you type and nobody has to take turns.
+ * socklab TCP client, for the chat and the inventory service. Its socket
+ * steps, in the order this file shows them: create a socket and connect
+ * it, send a line, receive lines, close. In the chat, sending what you
+ * type and receiving what others say run at once: nobody takes turns.
  *
  * ```sh
  * deno run -A client.ts [HOST] [--port 9999] [--name NAME]
+ * deno run -A client.ts [HOST] --service inventory [add Soap 200 | view]
  * ```
  *
  * @module
  */
 
 import {
+  addressText,
   argsOrExit,
-  askName,
-  askSecret,
   chooseColors,
   cleanText,
   DEFAULT_PORT,
   encodeLine,
+  errorLine,
+  type FlagRow,
   type Frame,
+  INVENTORY,
   type InventoryReply,
   isClosedByUs,
   LINE_TOO_LONG,
   LineConsole,
   LineFramer,
-  MAX_QUANTITY,
+  nameFlag,
   nameProblem,
   networkReason,
   paintChatLine,
   paintDim,
   paintError,
-  parseChoice,
   parseFlags,
-  parsePort,
   PASSWORD_VARIABLE,
   passwordFrom,
-  StdinLines,
+  SAYS,
   type Stock,
-  TCP_SERVICES,
-  textWidth,
+  type Trace,
   UsageError,
   writeAll,
 } from "./shared.ts";
 
-/** What the chat server says when it needs a password, or got a wrong one. */
-const PASSWORD_NEEDED = "* this server needs a password: send /auth PASSWORD";
-const WRONG_PASSWORD = "! wrong password";
-
+/** The services of server.ts this client speaks. */
+const TCP_SERVICES = ["chat", "inventory"] as const;
 /** How long a silent server is waited for before telling why it may be. */
 const NO_WELCOME_HINT_MS = 1500;
-
 /** How long to wait for the server to close after we asked to leave. */
 const LEAVE_TIMEOUT_MS = 3000;
 
-const USAGE = `socklab TCP chat client
-
-USAGE:
-  deno run -A client.ts [HOST] [OPTIONS]
-  deno run -A client.ts [HOST] --service inventory [add ITEM N | remove ITEM N | view]
-
-  HOST                   The server's address (default localhost), e.g. 192.168.0.101
-
-OPTIONS:
-  -p, --port <PORT>      The server's port (default ${DEFAULT_PORT})
-  -n, --name <NAME>      Your name in the chat (without it, you are asked)
-  -s, --service <NAME>   chat or inventory (default chat)
-      --tls              Speak TLS, and check the server's certificate
-      --ca <FILE>        Trust this certificate (a self-signed server's); implies --tls
-      --password <SECRET> The server's password; or set SOCKLAB_PASSWORD; or you are asked
-  -h, --help             Show this help
-
-In the chat, /help lists the commands. Leave with /quit, Ctrl-D or Ctrl-C.
-Lines piped in are sent one by one: printf 'hi\\n' | deno run -A client.ts --name bot
-
-The inventory service shows a menu; with a request after the flags, it
-sends that one request, prints the reply and exits (1 on an error reply).`;
-
-/** What the client was asked to do. */
-export interface ClientOptions {
-  /** The server's host name or address. @default "localhost" */
-  host: string;
-  /** The server's port. @default 9999 */
-  port: number;
-  /** The service. @default "chat" */
-  service: typeof TCP_SERVICES[number];
-  /** The name to ask for; undefined means ask the user. */
-  name?: string;
-  /** Inventory: one request (like `add Soap 200`) to send, then exit. */
-  request?: string;
-  /** Speak TLS, and check the server's certificate. */
-  tls: boolean;
-  /** A certificate file to trust (a self-signed server's). */
-  caFile?: string;
-  /** The password, from --password or SOCKLAB_PASSWORD. */
-  password?: string;
-  /** Print the usage and stop. */
-  help: boolean;
-}
-
-const INVENTORY_ACTIONS = ["add", "remove", "view", "help"];
-
-/**
- * Reads the client's arguments.
- * @throws {UsageError} for a bad flag or argument
- */
-export function parseClientArgs(args: string[]): ClientOptions {
-  const flags = parseFlags(args, {
-    string: ["port", "name", "service", "ca", "password"],
-    boolean: ["help", "tls"],
-    alias: { p: "port", n: "name", s: "service", h: "help" },
-    default: { port: String(DEFAULT_PORT), service: "chat" },
-  });
-  const service = parseChoice("service", flags.service, TCP_SERVICES);
-  const name = flags.name === undefined ? undefined : String(flags.name);
-  const invalid = name === undefined ? undefined : nameProblem(name);
-  if (invalid) throw new UsageError(`Invalid --name: ${invalid}`);
-  // Inventory: `[HOST] add Soap 200`; the first word tells which is which.
-  const words = [...flags._];
-  const hasHost = words.length > 0 &&
-    !(service === "inventory" &&
-      INVENTORY_ACTIONS.includes(words[0].toLowerCase()));
-  const host = hasHost ? words.shift()! : "localhost";
-  if (words.length > 0 && service === "chat") {
-    throw new UsageError(`Unexpected argument "${words[0]}"`);
-  }
-  return {
-    host,
-    port: parsePort(flags.port),
-    service,
-    name,
-    request: words.length > 0 ? words.join(" ") : undefined,
-    tls: flags.tls === true || flags.ca !== undefined,
-    caFile: flags.ca === undefined ? undefined : String(flags.ca),
-    password: passwordFrom(flags.password),
-    help: flags.help === true,
-  };
-}
-
 // ---------------------------------------------------------------------------
-// The chat session
+// Step 1: create a socket and connect it to the server
 // ---------------------------------------------------------------------------
 
-/** How the program ends: its exit code, and a message for an error. */
-interface Ending {
-  code: number;
-  error?: string;
-}
-
-/** A connected client: one loop receives, another sends what you type. */
-class ChatSession {
-  /** Set when we asked to leave, so the server closing is expected. */
-  leaving = false;
-  /** The password sent with /auth, if any. */
-  password?: string;
-  /** The name to take with /nick, once in. */
-  name?: string;
-  #stopped = false;
-
-  constructor(
-    readonly conn: Deno.Conn,
-    readonly target: string,
-    readonly console: LineConsole,
-  ) {}
-
-  /** Send: one line to the server. */
-  async send(line: string): Promise<void> {
-    await writeAll(this.conn, encodeLine(line));
-  }
-
-  /** Sends /quit once; the server answers and closes the connection. */
-  async leave(): Promise<void> {
-    if (this.leaving) return;
-    this.leaving = true;
-    try {
-      await this.send("/quit");
-    } catch {
-      // The connection is already gone: nothing left to leave.
-    }
-    setTimeout(() => this.stop({ code: 0 }), LEAVE_TIMEOUT_MS);
-  }
-
-  /**
-   * Receive: print each line from the server as it arrives.
-   * @returns how the program ends once the connection is closed
-   */
-  async receive(): Promise<Ending> {
-    const buffer = new Uint8Array(16 * 1024);
-    const framer = new LineFramer(64 * 1024);
-    const hint = this.#hintIfNoWelcome();
-    try {
-      for (let count; (count = await this.conn.read(buffer)) !== null;) {
-        clearTimeout(hint);
-        this.#printFrames(framer.push(buffer.subarray(0, count)));
-      }
-      this.#printFrames(framer.end());
-    } catch (error) {
-      if (this.leaving || isClosedByUs(error)) return { code: 0 };
-      return {
-        code: 1,
-        error: `Connection to "${this.target}" lost: ${networkReason(error)}`,
-      };
-    }
-    if (this.leaving) return { code: 0 };
-    return {
-      code: 1,
-      error: `The server "${this.target}" closed the connection`,
-    };
-  }
-
-  /**
-   * A connection an iterative server has not accepted yet is silent: after
-   * a moment, tell a person at a terminal why.
-   */
-  #hintIfNoWelcome(): ReturnType<typeof setTimeout> | undefined {
-    if (!Deno.stdout.isTerminal()) return undefined;
-    return setTimeout(() => {
-      this.console.print(paintDim(
-        `Connected to "${this.target}", no welcome yet: the server may be ` +
-          "serving someone else (an iterative server takes one client at a " +
-          "time). What you type is kept until your turn.",
-      ));
-    }, NO_WELCOME_HINT_MS);
-  }
-
-  #printFrames(frames: Frame[]): void {
-    for (const frame of frames) {
-      if (frame === LINE_TOO_LONG) continue;
-      // Whoever the server is, its lines cannot move our cursor.
-      const line = cleanText(frame);
-      this.console.print(paintChatLine(line));
-      if (line === PASSWORD_NEEDED && !this.password) this.#askPassword();
-      if (line === WRONG_PASSWORD) this.#askPassword();
-    }
-  }
-
-  /** Asks for the password without echo, and sends it with /auth. */
-  async #askPassword(): Promise<void> {
-    const password = await this.console.readSecret("Password: ");
-    if (password === undefined) {
-      const error = this.password
-        ? `The server "${this.target}" refused the password`
-        : `The server "${this.target}" needs a password: give it with --password or ${PASSWORD_VARIABLE}`;
-      return this.stop({ code: 1, error });
-    }
-    this.password = password;
-    await this.send(`/auth ${password}`).catch(() => {});
-    // A /nick sent before /auth was refused: send it again.
-    if (this.name) await this.send(`/nick ${this.name}`).catch(() => {});
-  }
-
-  /** Closes the connection and ends the program. */
-  stop({ code, error }: Ending): void {
-    if (this.#stopped) return;
-    this.#stopped = true;
-    this.console.restore();
-    try {
-      this.conn.close();
-    } catch {
-      // Already closed.
-    }
-    if (error) console.error(paintError(error));
-    Deno.exit(code);
-  }
-}
-
-async function sendLine(session: ChatSession, line: string): Promise<void> {
-  if (line.trim().toLowerCase() === "/quit") return session.leave();
-  // A send can fail when the server has gone: the receive loop reports it.
-  await session.send(line).catch(() => {});
-}
-
-/**
- * Create a socket and connect it to the server.
- * @throws {Error} with a one-line reason when that fails
- */
+/** Creates a TCP socket and connects it. @throws {Error} saying why not */
 export async function connect(
   host: string,
   port: number,
   tls?: { caCerts?: string[] },
+  trace?: Trace,
 ): Promise<Deno.Conn> {
   let conn;
   try {
-    if (!tls) return await Deno.connect({ hostname: host, port });
-    conn = await Deno.connectTls({ hostname: host, port, ...tls });
-    // Check the server's certificate now, not at the first read.
-    await conn.handshake();
-    return conn;
+    if (!tls) conn = await Deno.connect({ hostname: host, port });
+    else {
+      conn = await Deno.connectTls({ hostname: host, port, ...tls });
+      // The handshake checks the certificate now, not at the first read.
+      await conn.handshake();
+    }
   } catch (error) {
-    if (conn) closeQuietly(conn);
-    throw new Error(
-      `Cannot connect to "${host}:${port}": ${networkReason(error)}`,
+    conn?.close();
+    const reason = tlsReason(error) ?? networkReason(error);
+    throw new Error(`Cannot connect to "${host}:${port}": ${reason}`);
+  }
+  const [to, from] = [conn.remoteAddr, conn.localAddr].map(addressText);
+  trace?.(`connect ${to} from ${from}`);
+  return conn;
+}
+
+// ---------------------------------------------------------------------------
+// Steps 2 to 4: send a line, receive lines, close
+// ---------------------------------------------------------------------------
+
+/** A connected socket carrying lines; `target` names it in messages. */
+class LineConnection {
+  constructor(
+    readonly conn: Deno.Conn,
+    readonly target: string,
+    readonly trace?: Trace,
+    readonly maxLineBytes = 64 * 1024,
+  ) {}
+
+  /** Send: one line, every byte of it (a write may take only a part). */
+  async send(line: string): Promise<void> {
+    const bytes = encodeLine(line);
+    const writes = await writeAll(this.conn, bytes).catch(this.#lost);
+    const how = writes === 1 ? "all sent" : `in ${writes} writes`;
+    this.trace?.(`write ${bytes.length} bytes to ${this.#peer} (${how})`);
+  }
+
+  /** Receive: TCP delivers bytes, so the framer keeps them until a line
+   * end comes (a read may hold half a line, or many). */
+  async *lines(): AsyncGenerator<Frame> {
+    const framer = new LineFramer(this.maxLineBytes);
+    const buffer = new Uint8Array(16 * 1024);
+    for (let count; (count = await this.#read(buffer)) !== null;) {
+      const lines = framer.push(buffer.subarray(0, count));
+      this.trace?.(
+        `read ${count} bytes from ${this.#peer}: ${lines.length} whole ` +
+          `line${lines.length === 1 ? "" : "s"}, ${framer.keptBytes} bytes ` +
+          "kept for the next read",
+      );
+      yield* lines;
+    }
+    this.trace?.(`read end of stream from ${this.#peer}: the server closed`);
+    yield* framer.end();
+  }
+
+  /** Close: the socket (a read still waiting then ends quietly). */
+  close(): void {
+    this.conn.close();
+    this.trace?.("close");
+  }
+
+  /** An error about the server: `The server "HOST:PORT" ...`. */
+  serverError(what: string): Error {
+    return new Error(`The server "${this.target}" ${what}`);
+  }
+
+  get #peer(): string {
+    return addressText(this.conn.remoteAddr);
+  }
+
+  #read(buffer: Uint8Array): Promise<number | null> {
+    return this.conn.read(buffer)
+      .catch((error) => isClosedByUs(error) ? null : this.#lost(error));
+  }
+
+  #lost = (error: unknown): never => {
+    const reason = networkReason(error);
+    throw new Error(`Connection to "${this.target}" lost: ${reason}`);
+  };
+}
+
+// ---------------------------------------------------------------------------
+// The chat: typing and receiving at the same time
+// ---------------------------------------------------------------------------
+
+/** One chat connection: a loop receives, another sends what you type. */
+class ChatSession {
+  /** Set once we asked to leave: the server closing is then expected. */
+  leaving = false;
+  /** Resolved once the server lets us in: typing waits for it. */
+  #admitted = Promise.withResolvers<void>();
+  #isIn = false;
+
+  constructor(
+    readonly connection: LineConnection,
+    readonly io: LineConsole,
+    readonly options: ClientOptions,
+  ) {}
+
+  /** Runs the chat: join, then type and receive at the same time. */
+  async run(): Promise<never> {
+    // Ctrl-C leaves as /quit does: readline's key in raw mode, else a signal.
+    this.io.onInterrupt = () => this.leave();
+    Deno.addSignalListener("SIGINT", () => this.leave());
+    await this.join();
+    this.type();
+    return await this.receive();
+  }
+
+  /** Join: a first `/nick` at once joins under it, with one welcome. */
+  async join(): Promise<void> {
+    const { password, name } = this.options;
+    if (password) await this.send(`/auth ${password}`);
+    if (name) await this.send(`/nick ${name}`);
+  }
+
+  /** Send: a failure means the server has gone; the receive loop says so. */
+  send(line: string): Promise<void> {
+    return this.connection.send(line).catch(() => {});
+  }
+
+  /** Receive: print each whole line from the server as it arrives. */
+  async receive(): Promise<never> {
+    const hint = this.#hintIfNoWelcome();
+    try {
+      for await (const line of this.connection.lines()) {
+        clearTimeout(hint);
+        if (line !== LINE_TOO_LONG) await this.#show(cleanText(line));
+      }
+      throw this.connection.serverError("closed the connection");
+    } catch (error) {
+      // Once we asked to leave, the server closing is what we wait for.
+      if (this.leaving) this.stop(0);
+      this.stop(1, (error as Error).message);
+    }
+  }
+
+  /** Send each line typed or piped in, once in; at their end, leave. */
+  async type(): Promise<void> {
+    await this.#admitted.promise;
+    await this.io.readLines((line) =>
+      line.trim().toLowerCase() === "/quit" ? this.leave() : this.send(line)
+    );
+    await this.leave();
+  }
+
+  /** Sends /quit once: the server says bye and closes the connection. */
+  async leave(): Promise<void> {
+    if (this.leaving) return;
+    this.leaving = true;
+    setTimeout(() => this.stop(0), LEAVE_TIMEOUT_MS);
+    await this.send("/quit");
+  }
+
+  /** Close: the socket and the console, then end the program. */
+  stop(code: number, error?: string): never {
+    this.connection.close();
+    this.io.close();
+    if (error) console.error(paintError(error));
+    Deno.exit(code);
+  }
+
+  /** Prints a server's line, cleaned: it cannot move our cursor. */
+  async #show(line: string): Promise<void> {
+    if (!this.#isIn && PASSWORD_LINES.includes(line)) {
+      return await answerPassword(this, line);
+    }
+    this.#isIn = true;
+    this.#admitted.resolve();
+    this.io.print(paintChatLine(line));
+  }
+
+  /** An iterative server busy with another client is silent: say why. */
+  #hintIfNoWelcome(): ReturnType<typeof setTimeout> | undefined {
+    if (!Deno.stdout.isTerminal()) return undefined;
+    return setTimeout(() => {
+      this.io.print(paintDim(
+        `Connected to "${this.connection.target}", no welcome yet: the ` +
+          "server may be serving someone else (an iterative server takes " +
+          "one client at a time). What you type is kept until your turn.",
+      ));
+    }, NO_WELCOME_HINT_MS);
+  }
+}
+
+/** Asks until `problem` finds none; @returns the answer, or undefined */
+async function askUntil(
+  io: LineConsole,
+  question: string,
+  problem: (answer: string) => string | undefined,
+): Promise<string | undefined> {
+  while (true) {
+    const answer = (await io.next(question))?.trim();
+    const found = answer === undefined ? undefined : problem(answer);
+    if (!found) return answer;
+    console.log(paintError(found));
+  }
+}
+
+/** Asks for a chat name at the terminal; Enter: a guest name. */
+async function askName(io: LineConsole): Promise<string | undefined> {
+  const name = await askUntil(
+    io,
+    "Your name (Enter for a guest name): ",
+    (name) => name ? nameProblem(name) : undefined,
+  );
+  return name || undefined;
+}
+
+// ---------------------------------------------------------------------------
+// The inventory client: one request, one reply, on one connection
+// ---------------------------------------------------------------------------
+
+/** Sends requests, and reads each one's reply: the next line back. */
+class InventoryClient {
+  #replies?: AsyncGenerator<Frame>;
+
+  constructor(
+    readonly connection: LineConnection,
+    readonly io: LineConsole,
+    public password?: string,
+  ) {}
+
+  /** One request, one reply (beyond the lab: the password, if wanted). */
+  async request(line: string): Promise<InventoryReply> {
+    const reply = await this.#exchange(line);
+    if (reply.ok || reply.error !== SAYS.authenticateFirst) return reply;
+    this.password ??= await askPassword(this.io, this.connection, false);
+    const auth = await this.#exchange(`/auth ${this.password}`);
+    if (!auth.ok) throw this.connection.serverError("refused the password");
+    return await this.#exchange(line);
+  }
+
+  async #exchange(line: string): Promise<InventoryReply> {
+    await this.connection.send(line);
+    this.#replies ??= this.connection.lines();
+    const { value, done } = await this.#replies.next();
+    if (done) throw this.connection.serverError("closed the connection");
+    const reply = typeof value === "string" ? jsonOrNothing(value) : undefined;
+    if (typeof reply?.ok === "boolean") return reply;
+    throw this.connection.serverError(
+      "sent a reply that is not the inventory's JSON",
     );
   }
 }
 
-function closeQuietly(conn: Deno.Conn): void {
+function jsonOrNothing(text: string) {
   try {
-    conn.close();
+    return JSON.parse(text);
   } catch {
-    // Already closed.
+    return undefined;
+  }
+}
+
+/** The stock as an aligned table, items in alphabetical order. */
+export function stockTable(stock: Stock): string[] {
+  const items = Object.keys(stock).sort((a, b) => a.localeCompare(b));
+  if (items.length === 0) return ["(the inventory is empty)"];
+  const itemWidth = Math.max(4, ...items.map(textWidth));
+  const counts = items.map((item) => String(stock[item]));
+  const countWidth = Math.max(8, ...counts.map((count) => count.length));
+  const row = (item: string, count: string) =>
+    item + " ".repeat(itemWidth - textWidth(item) + 2) +
+    count.padStart(countWidth);
+  return [
+    row("Item", "Quantity"),
+    row("-".repeat(itemWidth), "-".repeat(countWidth)),
+    ...items.map((item, i) => row(item, counts[i])),
+  ];
+}
+
+/** Columns a text takes: wide (CJK, emoji) characters two, marks none. */
+const textWidth = (text: string) =>
+  text.replace(/\p{M}|[\u200b-\u200f]/gu, "").replace(WIDE, "  ").length;
+const WIDE =
+  /[\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]|[\u{1f300}-\u{1faff}\u{20000}-\u{3fffd}]/gu;
+
+/** Prints a reply: its message and stock, or its error. @returns exit code */
+function printReply(reply: InventoryReply): number {
+  if (!reply.ok) {
+    console.error(paintError(`Error: ${reply.error}`));
+    return 1;
+  }
+  if (reply.message) console.log(reply.message);
+  if (reply.inventory) console.log(stockTable(reply.inventory).join("\n"));
+  return 0;
+}
+
+const MENU = `
+1. Add item
+2. View inventory
+3. Remove item
+4. Exit`;
+
+const itemProblem = (item: string) =>
+  item ? undefined : "Please enter an item name.";
+const quantityProblem = (text: string) =>
+  /^\d+$/.test(text) && +text >= 1 && +text <= INVENTORY.maxQuantity
+    ? undefined
+    : `Please enter a whole number from 1 to ${INVENTORY.maxQuantity}.`;
+
+/** The lab's menu: add, view, remove, exit; asks again on a bad answer. */
+async function inventoryMenu(client: InventoryClient): Promise<number> {
+  console.log(`socklab inventory at ${client.connection.target}`);
+  while (true) {
+    console.log(MENU);
+    const choice = (await client.io.next("Choose 1-4: "))?.trim();
+    if (choice === undefined || choice === "4") return 0;
+    if (choice === "2") printReply(await client.request('{"action":"view"}'));
+    else if (choice !== "1" && choice !== "3") {
+      console.log(paintError("Please choose 1, 2, 3 or 4."));
+    } else if (!await addOrRemove(client, choice === "1" ? "add" : "remove")) {
+      return 0;
+    }
+  }
+}
+
+/** Asks for an item and a quantity, and sends the request. */
+async function addOrRemove(client: InventoryClient, action: string) {
+  const item = await askUntil(client.io, "Item name: ", itemProblem);
+  const quantity = item &&
+    await askUntil(client.io, "Quantity: ", quantityProblem);
+  if (!quantity) return false; // the end of input
+  const request = { action, item, quantity: Number(quantity) };
+  printReply(await client.request(JSON.stringify(request)));
+  return true;
+}
+
+/** Runs the inventory client: one request, or the menu. @returns exit code */
+async function inventory(client: InventoryClient, request?: string) {
+  try {
+    if (request === undefined) return await inventoryMenu(client);
+    return printReply(await client.request(request));
+  } catch (error) {
+    console.error(paintError((error as Error).message));
+    return 1;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Beyond the lab: TLS and a password
+// ---------------------------------------------------------------------------
+
+/** Says in words what a TLS error from rustls means, if it is one. */
+function tlsReason(error: unknown): string | undefined {
+  const message = error instanceof Error ? error.message : String(error);
+  if (/UnknownIssuer|peer certificate: (BadSignature|Other)/.test(message)) {
+    return "the server's TLS certificate is not trusted (for a self-signed certificate, give it with --ca cert.pem)";
+  }
+  if (/NotValidForName/.test(message)) {
+    return "the server's TLS certificate is not for this host name (connect with a name or address it lists)";
+  }
+  if (/Expired|NotValidYet/.test(message)) {
+    return "the server's TLS certificate has expired or is not valid yet";
+  }
+  if (/InvalidContentType|corrupt message|WrongVersion/i.test(message)) {
+    return "the server does not speak TLS (leave out --tls and --ca)";
+  }
+  if (/certificate/i.test(message)) {
+    return `TLS certificate problem: ${message}`;
   }
 }
 
@@ -314,245 +439,143 @@ async function trustedCertificates(caFile?: string) {
   }
 }
 
-// ---------------------------------------------------------------------------
-// The inventory service: one request, one reply, on one connection
-// ---------------------------------------------------------------------------
+/** What a chat server says before it lets in a client without a password. */
+const PASSWORD_LINES = [
+  SAYS.passwordNeeded,
+  errorLine(SAYS.wrongPassword),
+  errorLine(SAYS.authenticateFirst),
+];
 
-/**
- * A connection to the inventory service: each request is one line, and
- * its reply the next line that comes back.
- */
-class InventoryConnection {
-  // A reply holds the whole stock: allow long lines, still bounded.
-  #framer = new LineFramer(16 * 1024 * 1024);
-  #lines: string[] = [];
-  #buffer = new Uint8Array(64 * 1024);
-
-  constructor(
-    readonly conn: Deno.Conn,
-    readonly target: string,
-    public password?: string,
-  ) {}
-
-  /**
-   * Sends one request and reads its reply. When the server asks for a
-   * password first, sends it (asking for it on a terminal), then the
-   * request again.
-   * @throws {Error} with a one-line reason when the connection fails
-   */
-  async request(line: string): Promise<InventoryReply> {
-    const reply = await this.#exchange(line);
-    if (reply.ok || reply.error !== AUTHENTICATE_FIRST) return reply;
-    this.password ??= askSecret("Password:");
-    if (this.password === undefined) {
-      throw new Error(
-        `The server "${this.target}" needs a password: give it with --password or ${PASSWORD_VARIABLE}`,
-      );
-    }
-    await this.authenticate();
-    return await this.#exchange(line);
-  }
-
-  /** Sends the password with /auth. @throws {Error} when it is refused */
-  async authenticate(): Promise<void> {
-    const reply = await this.#exchange(`/auth ${this.password}`);
-    if (!reply.ok) {
-      throw new Error(`The server "${this.target}" refused the password`);
-    }
-  }
-
-  async #exchange(line: string): Promise<InventoryReply> {
-    try {
-      await writeAll(this.conn, encodeLine(line));
-      const reply = JSON.parse(await this.#nextLine());
-      if (typeof reply?.ok !== "boolean") throw new SyntaxError('no "ok"');
-      return reply;
-    } catch (error) {
-      if (error instanceof SyntaxError) {
-        throw new Error(
-          `The server "${this.target}" sent a reply that is not the inventory's JSON`,
-        );
-      }
-      throw error;
-    }
-  }
-
-  async #nextLine(): Promise<string> {
-    while (this.#lines.length === 0) {
-      let count;
-      try {
-        count = await this.conn.read(this.#buffer);
-      } catch (error) {
-        throw new Error(
-          `Connection to "${this.target}" lost: ${networkReason(error)}`,
-        );
-      }
-      if (count === null) {
-        throw new Error(`The server "${this.target}" closed the connection`);
-      }
-      for (const frame of this.#framer.push(this.#buffer.subarray(0, count))) {
-        if (frame !== LINE_TOO_LONG) this.#lines.push(frame);
-      }
-    }
-    return this.#lines.shift()!;
-  }
+/** Until the chat server lets us in, it may want a password: send it. */
+async function answerPassword(session: ChatSession, line: string) {
+  const { io, options, connection } = session;
+  // Our /nick sent before /auth is refused: it goes again after.
+  if (line === errorLine(SAYS.authenticateFirst)) return;
+  io.print(paintChatLine(line));
+  if (line === SAYS.passwordNeeded && options.password) return; // sent
+  const refused = options.password !== undefined;
+  options.password = await askPassword(io, connection, refused)
+    .catch((error) => session.stop(1, error.message));
+  await session.join();
 }
 
-/** The inventory's reply to a request before /auth. */
-const AUTHENTICATE_FIRST = "authenticate first: /auth PASSWORD";
-
-/** The stock as an aligned table, items in alphabetical order. */
-export function stockTable(stock: Stock): string[] {
-  const items = Object.keys(stock).sort((a, b) => a.localeCompare(b));
-  if (items.length === 0) return ["(the inventory is empty)"];
-  const itemWidth = Math.max(4, ...items.map(textWidth));
-  const counts = items.map((item) => String(stock[item]));
-  const countWidth = Math.max(8, ...counts.map((count) => count.length));
-  const padItem = (text: string) =>
-    text + " ".repeat(itemWidth - textWidth(text));
-  return [
-    `${padItem("Item")}  ${"Quantity".padStart(countWidth)}`,
-    `${"-".repeat(itemWidth)}  ${"-".repeat(countWidth)}`,
-    ...items.map((item, i) =>
-      `${padItem(item)}  ${counts[i].padStart(countWidth)}`
-    ),
-  ];
-}
-
-/** Prints a reply: its message and stock, or its error (exit code 1). */
-function printReply(reply: InventoryReply): number {
-  if (!reply.ok) {
-    console.error(paintError(`Error: ${reply.error}`));
-    return 1;
-  }
-  if (reply.message) console.log(reply.message);
-  if (reply.inventory) {
-    stockTable(reply.inventory).forEach((line) => console.log(line));
-  }
-  return 0;
-}
-
-const MENU = `
-1. Add item
-2. View inventory
-3. Remove item
-4. Exit`;
-
-/** Asks a question; on a terminal, the question is shown first. */
-async function ask(input: StdinLines, question: string) {
-  if (Deno.stdin.isTerminal()) {
-    await writeAll(Deno.stdout, new TextEncoder().encode(question));
-  }
-  return (await input.next())?.trim();
-}
-
-/** Asks for an item name until one is given. */
-async function askItem(input: StdinLines): Promise<string | undefined> {
-  while (true) {
-    const item = await ask(input, "Item name: ");
-    if (item === undefined || item !== "") return item;
-    console.log(paintError("Please enter an item name."));
-  }
-}
-
-/** Asks for a quantity until it is a whole number in range. */
-async function askQuantity(input: StdinLines): Promise<number | undefined> {
-  while (true) {
-    const text = await ask(input, "Quantity: ");
-    if (text === undefined) return undefined;
-    const quantity = Number(text);
-    if (/^\d+$/.test(text) && quantity >= 1 && quantity <= MAX_QUANTITY) {
-      return quantity;
-    }
-    console.log(
-      paintError(`Please enter a whole number from 1 to ${MAX_QUANTITY}.`),
-    );
-  }
-}
-
-/** The lab's menu: add, view, remove, exit; asks again on a bad answer. */
-async function inventoryMenu(connection: InventoryConnection): Promise<number> {
-  const input = new StdinLines();
-  console.log(`socklab inventory at ${connection.target}`);
-  while (true) {
-    console.log(MENU);
-    const choice = await ask(input, "Choose 1-4: ");
-    if (choice === undefined || choice === "4") return 0;
-    if (choice === "2") {
-      printReply(await connection.request(JSON.stringify({ action: "view" })));
-      continue;
-    }
-    if (choice !== "1" && choice !== "3") {
-      console.log(paintError("Please choose 1, 2, 3 or 4."));
-      continue;
-    }
-    const item = await askItem(input);
-    const quantity = item === undefined ? undefined : await askQuantity(input);
-    if (quantity === undefined) return 0;
-    const action = choice === "1" ? "add" : "remove";
-    printReply(
-      await connection.request(JSON.stringify({ action, item, quantity })),
-    );
-  }
-}
-
-/** Runs the inventory client: one request, or the menu. */
-async function inventory(conn: Deno.Conn, options: ClientOptions) {
-  const connection = new InventoryConnection(
-    conn,
-    `${options.host}:${options.port}`,
-    options.password,
+/** Asks for the password, no echo. @throws {Error} with no terminal */
+async function askPassword(
+  io: LineConsole,
+  connection: LineConnection,
+  refused: boolean,
+): Promise<string> {
+  const password = await io.askSecret("Password: ");
+  if (password) return password;
+  throw connection.serverError(
+    refused
+      ? "refused the password"
+      : `needs a password: give it with --password or ${PASSWORD_VARIABLE}`,
   );
-  try {
-    if (options.password) await connection.authenticate();
-    return options.request === undefined
-      ? await inventoryMenu(connection)
-      : printReply(await connection.request(options.request));
-  } catch (error) {
-    console.error(paintError((error as Error).message));
-    return 1;
+}
+
+// ---------------------------------------------------------------------------
+// Flags, usage and main
+// ---------------------------------------------------------------------------
+
+const FLAGS: Record<string, FlagRow> = {
+  port: { short: "p", default: String(DEFAULT_PORT), port: true },
+  name: { short: "n" },
+  service: { short: "s", default: "chat", choices: TCP_SERVICES },
+  tls: { on: true },
+  ca: {},
+  password: {},
+  trace: { on: true },
+};
+
+const USAGE = `socklab TCP chat client
+
+USAGE:
+  deno run -A client.ts [HOST] [OPTIONS]
+  deno run -A client.ts [HOST] --service inventory [add ITEM N | remove ITEM N | view]
+
+  HOST                    The server's address (default localhost), e.g. 192.168.0.101
+
+OPTIONS:
+  -p, --port <PORT>       The server's port (default ${DEFAULT_PORT})
+  -n, --name <NAME>       Your name in the chat (without it, you are asked)
+  -s, --service <NAME>    chat or inventory (default chat)
+      --tls               Speak TLS, and check the server's certificate
+      --ca <FILE>         Trust this certificate (a self-signed server's); implies --tls
+      --password <SECRET> The server's password; or set ${PASSWORD_VARIABLE}; or you are asked
+      --trace             Print each socket step as it happens: connect, write, read, close
+  -h, --help              Show this help
+
+In the chat, /help lists the commands. Leave with /quit, Ctrl-D or Ctrl-C.
+Lines piped in are sent one by one: printf 'hi\\n' | deno run -A client.ts --name bot
+
+The inventory service shows a menu; with a request after the flags, it
+sends that one request, prints the reply and exits (1 on an error reply).`;
+
+/** What the client was asked to do. */
+export type ClientOptions = ReturnType<typeof parseClientArgs>;
+
+/** Reads the client's arguments. @throws {UsageError} for a misuse */
+export function parseClientArgs(args: string[]) {
+  const flags = parseFlags(args, FLAGS);
+  const service = flags.service as typeof TCP_SERVICES[number];
+  // Inventory: `[HOST] add Soap 200`; the first word tells which is which.
+  const words = [...flags._];
+  const hasHost = words.length > 0 && !(service === "inventory" &&
+    INVENTORY.actions.includes(words[0].toLowerCase()));
+  const host = hasHost ? words.shift()! : "localhost";
+  if (words.length > 0 && service === "chat") {
+    throw new UsageError(`Unexpected argument "${words[0]}"`);
   }
+  return {
+    host,
+    port: flags.port as number,
+    service,
+    name: nameFlag(flags.name),
+    request: words.length > 0 ? words.join(" ") : undefined,
+    tls: flags.tls === true || flags.ca !== undefined,
+    caFile: flags.ca === undefined ? undefined : String(flags.ca),
+    password: passwordFrom(flags.password),
+    help: flags.help,
+    trace: flags.trace === true,
+  };
+}
+
+/** `--trace`: at a terminal, dimmed above the typed line; else on stderr. */
+function tracer(io: LineConsole): Trace {
+  if (!Deno.stdout.isTerminal()) return (step) => console.error(step);
+  return (step) => io.print(paintDim(step));
 }
 
 async function main(): Promise<void> {
   const options = argsOrExit(parseClientArgs, USAGE);
   chooseColors();
-
-  const tls = options.tls
-    ? { caCerts: await trustedCertificates(options.caFile) }
-    : undefined;
-  let conn;
-  try {
-    conn = await connect(options.host, options.port, tls);
-  } catch (error) {
-    console.error((error as Error).message);
-    Deno.exit(1);
-  }
-  if (options.service === "inventory") {
-    const code = await inventory(conn, options);
-    conn.close();
-    Deno.exit(code);
-  }
-
-  const name = options.name ??
-    (Deno.stdin.isTerminal() ? askName() : undefined);
-  const session = new ChatSession(
+  // The console: lines typed or piped in below, lines printed above.
+  const io = new LineConsole();
+  const trace = options.trace ? tracer(io) : undefined;
+  const caCerts = await trustedCertificates(options.caFile);
+  const chat = options.service === "chat";
+  if (chat && Deno.stdin.isTerminal()) options.name ??= await askName(io);
+  const { host, port, tls } = options;
+  const conn = await connect(host, port, tls ? { caCerts } : undefined, trace)
+    .catch((error) => {
+      console.error(error.message);
+      Deno.exit(1);
+    });
+  // An inventory reply holds the whole stock: allow long lines, bounded.
+  const maxLine = chat ? 64 * 1024 : 16 * 1024 * 1024;
+  const connection = new LineConnection(
     conn,
-    `${options.host}:${options.port}`,
-    new LineConsole(),
+    `${host}:${port}`,
+    trace,
+    maxLine,
   );
-  Deno.addSignalListener("SIGINT", () => session.leave());
-
-  session.password = options.password;
-  session.name = name;
-  if (options.password) {
-    await session.send(`/auth ${options.password}`).catch(() => {});
-  }
-  if (name) await session.send(`/nick ${name}`).catch(() => {});
-  // Typing and receiving run at the same time: no turn-taking.
-  session.console.readLines((line) => sendLine(session, line))
-    .then(() => session.leave());
-  session.stop(await session.receive());
+  if (chat) await new ChatSession(connection, io, options).run();
+  const client = new InventoryClient(connection, io, options.password);
+  const code = await inventory(client, options.request);
+  connection.close();
+  io.close();
+  Deno.exit(code);
 }
 
 if (import.meta.main) main();

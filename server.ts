@@ -1,507 +1,103 @@
 #!/usr/bin/env -S deno run --allow-net --allow-sys=networkInterfaces
 /**
- * socklab TCP chat server: a group chat that relays every line to everyone
- * else. By default it serves every client at once (the concurrent server);
- * with `--iterative` it serves one client at a time while the others wait
- * (the iterative server). The operator types into the server's console and
- * takes part in the chat.
+ * socklab TCP server: the lab's group chat, which relays every line to
+ * everyone else, and its inventory service. By default it serves every
+ * client at once (the concurrent server); with `--iterative`, one client
+ * at a time while the others wait in the backlog (the iterative server).
  *
  * ```sh
- * deno run -A server.ts [--port 9999] [--host 0.0.0.0] [--name server] [--iterative]
+ * deno run -A server.ts [--port 9999] [--iterative] [--service inventory]
  * ```
+ *
+ * The socket steps, in the order this file takes them:
+ * 1. create, bind, listen: `listen`
+ * 2. accept: `acceptLoop`
+ * 3. receive: `receiveLines`, bytes framed into lines
+ * 4. the protocol: `TcpServer.handleLine`; the chat's is `ChatServer`'s,
+ *    which hands each line to the chat room (shared.ts)
+ * 5. send: `TcpServer.send`, into the client's outbox
+ * 6. close: `TcpServer.close`
+ *
+ * Then the operator's console, what goes beyond the lab (limits, a
+ * password, TLS), the inventory service, and `main`.
  *
  * @module
  */
 
 import {
+  addressText,
   argsOrExit,
+  ChatRoom,
   cleanText,
-  clockTime,
   connectionHints,
-  copyPlainLine,
-  CR,
-  decodeLine,
   DEFAULT_PORT,
   encodeLine,
   errorLine,
+  type FlagRow,
   type Frame,
+  INVENTORY,
   type InventoryReply,
   isClosedByUs,
-  isDisconnect,
-  LF,
   LINE_TOO_LONG,
   LineConsole,
   LineFramer,
-  type LineSink,
-  MAX_ITEM_LENGTH,
+  logLine,
   MAX_LINE_BYTES,
-  MAX_QUANTITY,
   messageLine,
+  nameFlag,
   nameKey,
-  nameProblem,
   networkReason,
   noticeLine,
   onStopSignals,
   parseChatInput,
-  parseChoice,
-  type ParsedFlags,
   parseFlags,
-  parseNumberFlag,
-  parsePort,
   passwordFrom,
   passwordMatches,
-  privateLine,
+  RateLimit,
+  SAYS,
   splitFirstWord,
   type Stock,
   Stoppable,
-  TCP_SERVICES,
-  TokenBucket,
+  sweepIdle,
+  type Trace,
   UsageError,
   writeAll,
 } from "./shared.ts";
 
-/** The most bytes waiting to be sent to one client before it is dropped. */
-export const MAX_PENDING_BYTES = 1024 * 1024;
-
-/** The read buffer of each chat connection. */
-const READ_BUFFER_BYTES = 4096;
-
-/** The read buffer of a connection that is sending a burst. */
-const BURST_BUFFER_BYTES = 64 * 1024;
-
-/** How long a leaving client may take to receive its last lines. */
-const FINAL_FLUSH_MS = 3000;
-
-const USAGE = `socklab TCP chat server
-
-USAGE:
-  deno run -A server.ts [OPTIONS]
-
-OPTIONS:
-  -p, --port <PORT>   Port to listen on (default ${DEFAULT_PORT}; 0 picks a free one)
-      --host <HOST>   Address to listen on (default 0.0.0.0: every interface)
-  -n, --name <NAME>   The operator's name in the chat (default "server")
-  -i, --iterative     Serve one client at a time; the others wait their turn
-  -q, --quiet         Chat: keep the room's messages off the console (log lines only)
-  -s, --service <chat|inventory>  The service (default chat)
-      --data <FILE>   Inventory: keep the stock in FILE, saved after every change
-  -h, --help          Show this help
-
-SECURITY (see the README):
-      --tls-cert <FILE>          Speak TLS, with this certificate (PEM)
-      --tls-key <FILE>           ... and its private key (PEM)
-      --password <SECRET>        Clients must send "/auth SECRET" first; or set
-                                 SOCKLAB_PASSWORD, which stays out of the process list
-
-LIMITS (the defaults never bother normal use):
-      --max-line <BYTES>         Longest line a client may send (default 4096)
-      --max-clients <N>          Connections at once (default 1000)
-      --max-pending <BYTES>      Unread output before a client is dropped (default 1048576)
-      --rate-limit <N>           Chat: lines a second per client; 0 is no limit (default 20)
-      --burst <N>                Chat: lines at once above the rate (default 40)
-      --idle-timeout <SECONDS>   Disconnect clients silent this long (default: never)
-
-CONSOLE (what you type into the server):
-  TEXT                Send TEXT to every client, as <NAME> TEXT
-  /who                List who is online
-  /kick NAME          Disconnect NAME
-  /quit               Tell every client and stop (Ctrl-C does the same)`;
-
-/** How a server runs. */
-export interface ServerOptions {
-  /** Address to listen on. @default "0.0.0.0" */
-  host: string;
-  /** Port to listen on; 0 picks a free one. @default 9999 */
-  port: number;
-  /** The operator's name, reserved for the console. @default "server" */
-  operatorName: string;
-  /** Serve one client at a time. @default false */
-  iterative: boolean;
-  /** The longest line a client may send, in bytes. @default 4096 */
-  maxLineBytes: number;
-  /** Bytes waiting for one client before it is dropped. @default 1 MiB */
-  maxPendingBytes: number;
-  /** Connections at once; the next one is told the server is full. @default 1000 */
-  maxClients: number;
-  /** Lines a second each client may send; 0 turns the limit off. @default 20 */
-  rateLimit: number;
-  /** Lines a client may send at once before the rate limit. @default 40 */
-  burst: number;
-  /** Clients silent this long are disconnected; 0 is never. @default 0 */
-  idleTimeoutMs: number;
-  /** The password clients must send with /auth first, if any. */
-  password?: string;
-  /** A certificate and its key (PEM), to speak TLS. */
-  tls?: { cert: string; key: string };
-  /** Keep the room's messages off the console (log lines only). @default false */
-  quiet?: boolean;
-  /**
-   * Joins and leaves are announced to everyone while the room has at most
-   * this many clients; in a bigger room they would flood every screen (and
-   * cost everyone a line for each arrival). @default 100
-   */
-  announceLimit?: number;
-  /** Prints one line of the console (log lines and chat lines). */
-  print: (line: string) => void;
-}
-
-/** The limits that never bother normal use, and their defaults. */
-export const LIMITS = {
-  maxLineBytes: MAX_LINE_BYTES,
-  maxPendingBytes: MAX_PENDING_BYTES,
-  maxClients: 1000,
-  rateLimit: 20,
-  burst: 40,
-  idleTimeoutMs: 0,
-};
-
-/** Wrong passwords a connection may send before it is closed. */
-const PASSWORD_TRIES = 3;
-
-/** Why a client left. */
-export type LeaveReason =
-  | "quit"
-  | "closed"
-  | "reset"
-  | "kicked"
-  | "too slow"
-  | "flooding"
-  | "idle"
-  | "wrong password"
-  | "shutdown"
-  | `error: ${string}`;
+// ---------------------------------------------------------------------------
+// 1. Create, bind, listen
+// ---------------------------------------------------------------------------
 
 /**
- * What is waiting to be sent to one client. Each client has its own, so a
- * client that reads slowly delays nobody else, and it is capped, so such a
- * client cannot make the server's memory grow without bound. Lines queued
- * during one turn of the event loop go out in one write.
+ * Creates a TCP socket, binds it to `host:port` and listens: Deno does
+ * the three in one call. From then on the kernel completes connections by
+ * itself and queues them (the backlog) until `accept` takes them. With a
+ * certificate, each connection speaks TLS.
  */
-class Outbox {
-  #pending: Uint8Array[] = [];
-  #pendingBytes = 0;
-  #finishing = false;
-  #failed = false;
-  #wake?: () => void;
-  /** Settles when the last queued byte is written, or writing failed. */
-  readonly drained: Promise<void>;
-
-  constructor(
-    readonly conn: Deno.Conn,
-    readonly maxPendingBytes: number,
-    readonly onWriteError: (error: unknown) => void,
-  ) {
-    this.drained = this.#writeLoop();
-  }
-
-  /**
-   * @param force queue it even past the cap (a last line)
-   * @returns false when the client has too much waiting already
-   */
-  send(bytes: Uint8Array, force = false): boolean {
-    if (this.#finishing || this.#failed) return true;
-    const full = this.#pendingBytes + bytes.length > this.maxPendingBytes;
-    if (full && !force) return false;
-    this.#pending.push(bytes);
-    this.#pendingBytes += bytes.length;
-    this.#wakeWriter();
-    return true;
-  }
-
-  /** Takes no more lines; the writer sends what is queued, then stops. */
-  finish(): void {
-    this.#finishing = true;
-    this.#wakeWriter();
-  }
-
-  #wakeWriter(): void {
-    this.#wake?.();
-    this.#wake = undefined;
-  }
-
-  async #writeLoop(): Promise<void> {
-    while (true) {
-      if (this.#pending.length === 0) {
-        if (this.#finishing) return;
-        await new Promise<void>((resolve) => this.#wake = resolve);
-        continue;
-      }
-      let spare: Uint8Array | undefined;
-      let batch = this.#takeSideBySide();
-      if (batch === undefined) {
-        spare = joinBuffers.take();
-        batch = this.#takeJoined(spare);
-      }
-      try {
-        // Send: a write may take only part of the batch; writeAll loops.
-        await writeAll(this.conn, batch);
-      } catch (error) {
-        this.#failed = true;
-        this.#pending = [];
-        this.onWriteError(error);
-        return;
-      } finally {
-        if (spare) joinBuffers.give(spare);
-      }
-    }
-  }
-
-  /**
-   * The pieces at the head of the queue that lie side by side in one
-   * buffer (relayed messages do: see {@linkcode RelayBuffer}), taken off
-   * as one view, without copying; or undefined when the head piece is a
-   * small one apart, better joined with the next by a copy.
-   */
-  #takeSideBySide(): Uint8Array | undefined {
-    let batch = this.#pending[0];
-    let count = 1;
-    while (
-      count < this.#pending.length && follows(batch, this.#pending[count])
-    ) {
-      batch = new Uint8Array(
-        batch.buffer,
-        batch.byteOffset,
-        batch.length + this.#pending[count].length,
-      );
-      count++;
-    }
-    const lone = count === 1 && this.#pending.length > 1;
-    if (lone && batch.length < joinBuffers.bufferBytes) return undefined;
-    this.#pending.splice(0, count);
-    this.#pendingBytes -= batch.length;
-    return batch;
-  }
-
-  /** As many whole pieces as `spare` holds, copied into it. */
-  #takeJoined(spare: Uint8Array): Uint8Array {
-    let size = 0;
-    let count = 0;
-    for (const piece of this.#pending) {
-      if (size + piece.length > spare.length) break;
-      spare.set(piece, size);
-      size += piece.length;
-      count++;
-    }
-    this.#pending.splice(0, count);
-    this.#pendingBytes -= size;
-    return spare.subarray(0, size);
-  }
+export function listen(
+  { host, port, tls }: { host: string; port: number; tls?: TlsFiles },
+): Deno.Listener {
+  if (tls) return Deno.listenTls({ hostname: host, port, ...tls });
+  return Deno.listen({ hostname: host, port });
 }
 
-/** Does `next` start where `piece` ends, in the same buffer? */
-function follows(piece: Uint8Array, next: Uint8Array): boolean {
-  return next.buffer === piece.buffer &&
-    next.byteOffset === piece.byteOffset + piece.length;
-}
+// ---------------------------------------------------------------------------
+// 2. Accept
+// ---------------------------------------------------------------------------
 
 /**
- * Where the messages of a read are gathered, once for all recipients,
- * one after the other in a big buffer: an outbox that holds several of
- * them in a row writes them as one piece, with no copy.
+ * Takes each connection from the backlog and serves it, until the
+ * listener is closed. The iterative and the concurrent server differ by
+ * one `await`: the iterative one serves a client to the end before it
+ * accepts the next; the concurrent one goes straight back to accept.
  */
-class RelayBuffer {
-  #buffer = new Uint8Array(0);
-  #start = 0;
-  #used = 0;
-
-  constructor(readonly bufferBytes: number) {}
-
-  /** Is nothing gathered since the last take? */
-  get empty(): boolean {
-    return this.#used === this.#start;
-  }
-
-  fits(size: number): boolean {
-    return this.#used + size <= this.#buffer.length;
-  }
-
-  /** A fresh buffer; the old one lives on while outboxes hold views of it. */
-  renew(): void {
-    this.#buffer = new Uint8Array(this.bufferBytes);
-    this.#start = this.#used = 0;
-  }
-
-  /** Copies in `bytes` (check that they fit first). */
-  add(bytes: Uint8Array): void {
-    this.#buffer.set(bytes, this.#used);
-    this.#used += bytes.length;
-  }
-
-  /**
-   * Copies in `<NAME> `, then the line at `bytes[start..]` and a line end,
-   * if that line is a plain message (see {@linkcode copyPlainLine}; check
-   * that `maxLineBytes` and more fit first).
-   * @returns the index of the line's LF in `bytes`, or -1, having added
-   *   nothing, if it is not
-   */
-  addPlainLine(
-    prefix: Uint8Array,
-    bytes: Uint8Array,
-    start: number,
-    maxLineBytes: number,
-  ): number {
-    const buffer = this.#buffer;
-    let used = this.#used;
-    for (let i = 0; i < prefix.length; i++) buffer[used++] = prefix[i];
-    const lf = copyPlainLine(bytes, start, maxLineBytes, buffer, used);
-    if (lf < 0) return -1;
-    used += lf - start - (bytes[lf - 1] === CR ? 1 : 0);
-    buffer[used++] = LF;
-    this.#used = used;
-    return lf;
-  }
-
-  /** What was gathered since the last take, as a view. */
-  take(): Uint8Array {
-    const gathered = this.#buffer.subarray(this.#start, this.#used);
-    this.#start = this.#used;
-    return gathered;
-  }
-}
-
-/**
- * Spare buffers to join an outbox's queued pieces into one write. They
- * are reused because a fresh buffer costs the kernel a zeroed page for
- * every 4 KiB, and a burst needs thousands of joins; the few kept are
- * all the memory they hold once the burst is over.
- */
-class BufferPool {
-  #spare: Uint8Array[] = [];
-
-  constructor(readonly bufferBytes: number, readonly keep: number) {}
-
-  take(): Uint8Array {
-    return this.#spare.pop() ?? new Uint8Array(this.bufferBytes);
-  }
-
-  give(buffer: Uint8Array): void {
-    if (this.#spare.length < this.keep) this.#spare.push(buffer);
-  }
-}
-
-const joinBuffers = new BufferPool(64 * 1024, 64);
-
-const burstBuffers = new BufferPool(BURST_BUFFER_BYTES, 64);
-
-/**
- * A connection's read buffer. Most clients send a line now and then, and
- * hold a small one; one that fills it is sending a burst, and borrows a
- * big one (fewer reads, so fewer and bigger sends to everyone) until its
- * reads are small again.
- */
-class ReadBuffer {
-  #small = new Uint8Array(READ_BUFFER_BYTES);
-  #big?: Uint8Array;
-
-  /** The buffer for the next read. */
-  get bytes(): Uint8Array {
-    return this.#big ?? this.#small;
-  }
-
-  /** Grows or shrinks after a read of `count` bytes, once it is handled. */
-  fit(count: number): void {
-    if (!this.#big && count === this.#small.length) {
-      this.#big = burstBuffers.take();
-    } else if (this.#big && count < READ_BUFFER_BYTES / 2) {
-      this.release();
-    }
-  }
-
-  /** Gives back the big buffer, if it has one. */
-  release(): void {
-    if (this.#big) burstBuffers.give(this.#big);
-    this.#big = undefined;
-  }
-}
-
-const encoder = new TextEncoder();
-
-/** One connected client. */
-class Client {
-  /** Its name in the chat, once admitted (after /auth, with a password). */
-  name = "";
-  /** Set once, when the client leaves, with the reason. */
-  leftBecause?: LeaveReason;
-  /** Settles when the connection is closed. */
-  closed?: Promise<void>;
-  /** When its last line came (performance.now()), for --idle-timeout. */
-  lastHeard = performance.now();
-  wrongPasswords = 0;
-  readonly outbox: Outbox;
-  #prefix = new Uint8Array();
-  #prefixName = "";
-
-  constructor(
-    readonly conn: Deno.Conn,
-    readonly address: string,
-    maxPendingBytes: number,
-    onWriteError: (client: Client, error: unknown) => void,
-    readonly flood?: FloodGuard,
-  ) {
-    this.outbox = new Outbox(
-      conn,
-      maxPendingBytes,
-      (error) => onWriteError(this, error),
-    );
-  }
-
-  /** Its name once admitted, its address before. */
-  get label(): string {
-    return this.name || this.address;
-  }
-
-  /** `<NAME> ` as bytes: what starts each of its messages. */
-  get messagePrefix(): Uint8Array {
-    if (this.#prefixName !== this.name) {
-      this.#prefix = encoder.encode(messageLine(this.name, ""));
-      this.#prefixName = this.name;
-    }
-    return this.#prefix;
-  }
-}
-
-/** What to do with a line under the flood limit. */
-type FloodVerdict = "pass" | "warn" | "drop" | "disconnect";
-
-/**
- * The flood limit of one client: lines beyond the rate (after a burst) are
- * dropped, with one warning; a client that goes on dropping lines for
- * `burst` lines, without a second's pause, is disconnected.
- */
-class FloodGuard {
-  #bucket: TokenBucket;
-  #dropped = 0;
-  #lastDrop = -Infinity;
-
-  constructor(readonly rate: number, readonly burst: number) {
-    this.#bucket = new TokenBucket(rate, burst);
-  }
-
-  check(now = performance.now()): FloodVerdict {
-    if (this.#bucket.take(now)) {
-      if (now - this.#lastDrop > 1000) this.#dropped = 0;
-      return "pass";
-    }
-    this.#lastDrop = now;
-    this.#dropped++;
-    if (this.#dropped === 1) return "warn";
-    return this.#dropped > this.burst ? "disconnect" : "drop";
-  }
-}
-
-/**
- * Accept: takes each connection from the kernel's queue (the backlog) and
- * serves it, until the listener is closed. The concurrent server and the
- * iterative server differ in one `await`: the iterative server waits until
- * a client is served before it accepts the next; the concurrent one goes
- * straight back to accept while each client is served.
- */
-async function acceptConnections(
+async function acceptLoop(
   listener: Deno.Listener,
-  { iterative, serve, log, stopping }: {
+  serve: (conn: Deno.Conn) => Promise<void>,
+  { iterative, log, trace, stopping }: {
     iterative: boolean;
-    serve: (conn: Deno.Conn) => Promise<void>;
     log: (text: string) => void;
+    trace: Trace;
     stopping: () => boolean;
   },
 ): Promise<void> {
@@ -516,6 +112,7 @@ async function acceptConnections(
       await new Promise((resolve) => setTimeout(resolve, 100));
       continue;
     }
+    trace?.(`accept ${addressText(conn.remoteAddr)}`);
     if (iterative) {
       await serve(conn);
       if (!stopping()) log("waiting for the next client in the backlog");
@@ -525,57 +122,120 @@ async function acceptConnections(
   }
 }
 
-/** A running chat server. */
-export class ChatServer extends Stoppable {
-  readonly options: ServerOptions;
-  readonly listener: Deno.Listener;
-  /** Settles when the server has stopped. */
-  readonly finished: Promise<void>;
-  /** The clients in the chat, by name (ignoring case). */
-  #clients = new Map<string, Client>();
-  /** Every connection, in the chat or not yet (before /auth). */
-  #connections = new Set<Client>();
-  #guestNumber = 0;
-  /** Messages of the read being handled, and who sent them. */
-  #relayBuffer = new RelayBuffer(256 * 1024);
-  #relayedFrom?: Client;
-  /** When the read being handled came (performance.now()). */
-  #readAt = 0;
-  #idleSweeper?: ReturnType<typeof setInterval>;
+// ---------------------------------------------------------------------------
+// 3. Receive
+// ---------------------------------------------------------------------------
 
-  private constructor(options: ServerOptions, listener: Deno.Listener) {
-    super();
-    this.options = options;
-    this.listener = listener;
-    if (options.idleTimeoutMs > 0) {
-      const every = Math.min(1000, options.idleTimeoutMs / 4);
-      this.#idleSweeper = setInterval(() => this.#dropIdleClients(), every);
+/** One connection: its socket, and what the server knows of it. */
+class Client {
+  /** Its name in the chat; empty until it joins. */
+  name = "";
+  /** When its last line came (performance.now()), for --idle-timeout. */
+  lastHeard = performance.now();
+  /** Set once, when it leaves, with the reason. */
+  leftBecause?: string;
+  /** Past the password (or there is none)? */
+  admitted = false;
+  wrongPasswords = 0;
+  rate?: RateLimit;
+  /** Chat: joins it as a guest if its first line does not come soon. */
+  nameTimer?: ReturnType<typeof setTimeout>;
+  readonly address: string;
+  readonly outbox: Outbox;
+
+  constructor(readonly conn: Deno.Conn, options: ServerOptions) {
+    this.address = addressText(conn.remoteAddr);
+    const label = () => this.name || this.address;
+    this.outbox = new Outbox(
+      conn,
+      options.maxPendingBytes,
+      label,
+      options.trace,
+    );
+  }
+}
+
+/**
+ * Receive: reads bytes as they come and hands each whole line to
+ * `onLine`. TCP is a byte stream: a read may hold half a line or many,
+ * so a {@linkcode LineFramer} keeps bytes until a line end arrives.
+ * @returns why the connection ended
+ */
+async function receiveLines(
+  client: Client,
+  maxLineBytes: number,
+  onLine: (line: Frame) => void | Promise<void>,
+  trace: Trace,
+): Promise<string> {
+  const framer = new LineFramer(maxLineBytes);
+  const buffer = new Uint8Array(4096);
+  try {
+    while (!client.leftBecause) {
+      const count = await client.conn.read(buffer);
+      if (count === null) break; // the client closed its side
+      const lines = framer.push(buffer.subarray(0, count));
+      trace?.(
+        `read ${count} bytes from ${client.name || client.address}: ` +
+          `${lines.length} whole line(s), ${framer.keptBytes} bytes kept for the next read`,
+      );
+      // Only the inventory's saves are waited for: the chat handles a
+      // read's lines in one go, so what they send leaves in one write.
+      for (const line of lines) await onLine(line);
     }
-    this.finished = acceptConnections(listener, {
+    for (const line of framer.end()) await onLine(line); // a last line without "\n"
+    return client.leftBecause ?? "closed";
+  } catch (error) {
+    if (client.leftBecause) return client.leftBecause;
+    return isDisconnect(error) ? "reset" : `error: ${networkReason(error)}`;
+  }
+}
+
+/** Is this an error a socket gets when its peer goes away? */
+function isDisconnect(error: unknown): boolean {
+  const { ConnectionReset, ConnectionAborted, BrokenPipe, UnexpectedEof } =
+    Deno.errors;
+  return [ConnectionReset, ConnectionAborted, BrokenPipe, UnexpectedEof]
+    .some((kind) => error instanceof kind);
+}
+
+// ---------------------------------------------------------------------------
+// A TCP server: each connection from accept to close
+// ---------------------------------------------------------------------------
+
+/**
+ * What the chat and the inventory share: the listening socket, the
+ * accept loop, and each connection's life: receive its lines, hand each
+ * to the service's protocol, send, close. Each service says what a line
+ * means ({@linkcode TcpServer.handleLine}) and how it words an error.
+ */
+abstract class TcpServer extends Stoppable {
+  /** Settles when the server has stopped accepting. */
+  readonly finished: Promise<void>;
+  readonly #clients = new Set<Client>();
+  readonly #idleSweep;
+
+  protected constructor(
+    readonly options: ServerOptions,
+    readonly listener: Deno.Listener,
+  ) {
+    super();
+    this.#idleSweep = sweepIdle(
+      options.idleTimeoutMs,
+      () => this.#clients,
+      (client) => {
+        this.sendError(
+          client,
+          `idle for ${options.idleTimeoutMs / 1000} s: disconnecting`,
+        );
+        this.close(client, "idle");
+      },
+    );
+    this.finished = acceptLoop(listener, (conn) => this.#serve(conn), {
       iterative: options.iterative,
-      serve: (conn) => this.#serve(conn),
-      log: (text) => this.#log(text),
+      log: (text) => this.log(text),
+      trace: options.trace,
       stopping: () => this.stopping,
     });
-  }
-
-  /**
-   * Creates the listening socket (socket, bind and listen in one call)
-   * and starts accepting clients.
-   */
-  static start(options: Partial<ServerOptions> = {}): ChatServer {
-    const full: ServerOptions = {
-      host: "0.0.0.0",
-      port: DEFAULT_PORT,
-      operatorName: "server",
-      iterative: false,
-      ...LIMITS,
-      print: (line) => console.log(line),
-      ...options,
-    };
-    // Create, bind and listen: the kernel now queues connecting clients.
-    const listener = listen(full);
-    return new ChatServer(full, listener);
   }
 
   /** The address actually bound (port 0 becomes a real port). */
@@ -583,645 +243,520 @@ export class ChatServer extends Stoppable {
     return this.listener.addr as Deno.NetAddr;
   }
 
-  /** The names of the connected clients, in the order they came. */
-  get names(): string[] {
-    return [...this.#clients.values()].map((client) => client.name);
-  }
-
-  // -------------------------------------------------------------------------
-  // Serving one client: welcome, receive loop, leave
-  // -------------------------------------------------------------------------
-
+  /** One client, from accept to close. */
   async #serve(conn: Deno.Conn): Promise<void> {
-    const address = addressOf(conn);
-    this.#log(`connection from ${address}`);
-    if (this.#connections.size >= this.options.maxClients) {
-      return await refuseFull(
-        conn,
-        errorLine("server full"),
-        (text) => this.#log(text),
-      );
+    const client = new Client(conn, this.options);
+    this.log(`connection from ${client.address}`);
+    if (this.#clients.size >= this.options.maxClients) {
+      return await this.#refuseFull(client);
     }
-    const { rateLimit, burst } = this.options;
-    const client = new Client(
-      conn,
-      address,
-      this.options.maxPendingBytes,
-      (client, error) => this.#leave(client, leaveReasonOf(error)),
-      rateLimit > 0 ? new FloodGuard(rateLimit, burst) : undefined,
+    this.#clients.add(client);
+    const { rateLimit, burst, password, maxLineBytes, trace } = this.options;
+    if (rateLimit > 0) client.rate = new RateLimit(rateLimit, burst);
+    client.admitted = !password;
+    if (password) this.askPassword(client);
+    else this.admit(client);
+    const reason = await receiveLines(
+      client,
+      maxLineBytes,
+      (line) => this.#onLine(client, line),
+      trace,
     );
-    this.#connections.add(client);
-    if (this.options.password) {
-      this.#sendTo(
-        client,
-        noticeLine("this server needs a password: send /auth PASSWORD"),
-      );
-    } else {
-      this.#admit(client);
-    }
-    const reason = await this.#receiveLines(client);
-    this.#leave(client, reason);
-    await client.closed;
+    this.close(client, reason);
+    await client.outbox.done;
   }
 
-  /** Lets a client into the chat, under a guest name. */
-  #admit(client: Client): void {
-    client.name = this.#nextGuestName();
-    const others = this.#clients.size;
-    this.#clients.set(nameKey(client.name), client);
-    this.#log(`${client.name} joined from ${client.address}`);
+  /** A line: too long, before the password, or the service's to handle. */
+  #onLine(client: Client, line: Frame): void | Promise<void> {
+    if (client.leftBecause) return;
+    client.lastHeard = performance.now();
+    if (line === LINE_TOO_LONG) {
+      this.log(
+        `${client.name || client.address} sent a line that was too long`,
+      );
+      return this.sendError(client, this.tooLong());
+    }
+    if (!client.admitted) return this.#authenticate(client, line);
+    return this.handleLine(client, line);
+  }
+
+  // 4. The protocol: what a line means is the service's -------------------
+
+  /** A client may now use the service (there is no password, or it gave it). */
+  protected abstract admit(client: Client): void;
+  /** One line from an admitted client. */
+  protected abstract handleLine(
+    client: Client,
+    line: string,
+  ): void | Promise<void>;
+  /** An error, in the service's words: `! text`, or a JSON reply. */
+  protected abstract errorText(text: string): string;
+  /** What a client whose line was too long is told. */
+  protected abstract tooLong(): string;
+
+  // 5. Send ------------------------------------------------------------------
+
+  /**
+   * Send: the bytes go into the client's outbox, which writes them in the
+   * background, so a client that reads slowly delays nobody else. A client
+   * with too much unread output is told once, and dropped.
+   */
+  send(client: Client, bytes: Uint8Array): void {
+    if (client.leftBecause || client.outbox.send(bytes)) return;
+    client.outbox.send(
+      encodeLine(this.errorText("too much unread output: disconnecting")),
+      true,
+    );
+    this.close(client, "too slow");
+  }
+
+  sendLine(client: Client, line: string): void {
+    this.send(client, encodeLine(line));
+  }
+
+  sendError(client: Client, text: string): void {
+    this.sendLine(client, this.errorText(text));
+  }
+
+  // 6. Close -----------------------------------------------------------------
+
+  /** Closes a client's connection once its last lines are sent. */
+  close(client: Client, reason: string): void {
+    if (client.leftBecause) return;
+    client.leftBecause = reason;
+    this.options.trace?.(`close ${client.name || client.address}: ${reason}`);
+    this.#clients.delete(client);
+    this.left(client, reason);
+    client.outbox.finish();
+  }
+
+  /** The client has gone: the service says so. */
+  protected left(client: Client, reason: string): void {
+    this.log(`${client.address} disconnected (${reason})`);
+  }
+
+  /** Stops accepting, tells every client, closes each once its lines are out. */
+  protected override async shutDown(): Promise<void> {
+    this.log("shutting down");
+    closeQuietly(this.listener);
+    clearInterval(this.#idleSweep);
+    await this.beforeShutdown();
+    const clients = [...this.#clients];
+    for (const client of clients) this.close(client, "shutdown");
+    await Promise.all(clients.map((client) => client.outbox.done));
+    await this.finished;
+    this.log("stopped");
+  }
+
+  /** What the service does before its clients are closed. */
+  protected abstract beforeShutdown(): Promise<void>;
+
+  log(text: string): void {
+    this.options.print(logLine(text));
+  }
+
+  // Beyond the lab: the client cap and the password --------------------------
+
+  /** Tells a connection over --max-clients, and closes it. */
+  async #refuseFull(client: Client): Promise<void> {
+    this.log(`refused ${client.address}: server full`);
+    await writeAll(client.conn, encodeLine(this.errorText("server full")))
+      .catch(() => {});
+    closeQuietly(client.conn);
+  }
+
+  /** With a password, a client must send `/auth PASSWORD` first. */
+  protected askPassword(_client: Client): void {}
+
+  /** Before `/auth` with the right password, a client may do nothing else. */
+  #authenticate(client: Client, line: string): void {
+    const [command, given] = splitFirstWord(line.trim());
+    if (command === "") return;
+    if (command.toLowerCase() !== "/auth") {
+      return this.sendError(client, SAYS.authenticateFirst);
+    }
+    // The password itself is never logged.
+    if (passwordMatches(given, this.options.password ?? "")) {
+      client.admitted = true;
+      this.log(`${client.address} authenticated`);
+      return this.admit(client);
+    }
+    client.wrongPasswords++;
+    this.log(
+      `${client.address} sent a wrong password (${client.wrongPasswords} of ${PASSWORD_TRIES})`,
+    );
+    this.sendError(client, SAYS.wrongPassword);
+    if (client.wrongPasswords < PASSWORD_TRIES) return;
+    this.sendError(client, "too many wrong passwords: disconnecting");
+    this.close(client, "wrong password");
+  }
+}
+
+/** Wrong passwords a connection may send before it is closed. */
+const PASSWORD_TRIES = 3;
+
+// ---------------------------------------------------------------------------
+// 4. The chat's protocol: the chat room's rules over TCP
+// ---------------------------------------------------------------------------
+
+/** A running chat server: each line goes to the chat room (shared.ts). */
+export class ChatServer extends TcpServer {
+  readonly room: ChatRoom<Client>;
+
+  /** Creates, binds and listens, then accepts clients. */
+  static start(options: Partial<ServerOptions> = {}): ChatServer {
+    const full = { ...DEFAULTS, ...options };
+    return new ChatServer(full, listen(full));
+  }
+
+  private constructor(options: ServerOptions, listener: Deno.Listener) {
+    super(options, listener);
+    this.room = new ChatRoom({
+      send: (client, line) => this.sendLine(client, line),
+      broadcast: (line, except) => this.#broadcast(line, except),
+      quit: (client) => this.close(client, "quit"),
+      show: (line) => options.quiet || options.print(line),
+      log: (text) => this.log(text),
+    }, {
+      mode: options.iterative
+        ? "an iterative server: one client at a time, so it is just you and the operator"
+        : "a group chat: each line you send goes to everyone",
+      operator: options.operatorName,
+      announceLimit: options.announceLimit,
+    });
+  }
+
+  /** The names in the chat, in the order they came. */
+  get names(): string[] {
+    return [...this.room.members.values()].map((client) => client.name);
+  }
+
+  /**
+   * A client joins on its first line, or as a guest once a moment passes
+   * without one: a client whose first line is `/nick NAME` (client.ts
+   * sends it at once) joins under that name, with one welcome.
+   */
+  protected admit(client: Client): void {
+    client.nameTimer = setTimeout(
+      () => this.#join(client),
+      this.options.nameWaitMs,
+    );
+  }
+
+  #join(client: Client, name?: string): void {
+    clearTimeout(client.nameTimer);
+    client.nameTimer = undefined;
+    this.room.join(client, name);
     if (this.options.iterative) {
-      this.#log(
+      this.log(
         `serving ${client.name} alone; other clients wait in the backlog until it leaves`,
       );
     }
-    this.#sendWelcome(client, others);
-    if (this.#announces()) {
-      this.#broadcast(noticeLine(`${client.name} joined`), client);
-    }
   }
 
-  /** Does the room announce joins and leaves at its size? */
-  #announces(): boolean {
-    return this.#clients.size <= (this.options.announceLimit ?? 100);
-  }
-
-  #nextGuestName(): string {
-    let name;
-    do {
-      name = `guest-${++this.#guestNumber}`;
-    } while (this.#isTaken(name));
-    return name;
-  }
-
-  #sendWelcome(client: Client, others: number): void {
-    const operator = `${this.options.operatorName} (operator)`;
-    // A big room is counted, not listed: /who lists it on demand.
-    const online = this.#announces()
-      ? [...this.names.filter((name) => name !== client.name), operator]
-        .join(", ")
-      : `${others} others and ${operator}; /who lists them`;
-    const mode = this.options.iterative
-      ? "an iterative server: one client at a time, so it is just you and the operator"
-      : "a group chat: each line you send goes to everyone";
-    this.#sendTo(client, noticeLine(`welcome to socklab chat, ${mode}`));
-    this.#sendTo(
-      client,
-      noticeLine(`online: ${online}`),
-    );
-    this.#sendTo(
-      client,
-      noticeLine(
-        `you are ${client.name}: pick a name with /nick NAME; /help lists the commands`,
-      ),
-    );
-  }
-
-  /**
-   * Receive: read bytes as they come and handle each complete line.
-   * @returns why the loop ended
-   */
-  async #receiveLines(client: Client): Promise<LeaveReason> {
-    const buffer = new ReadBuffer();
-    const framer = new LineFramer(this.options.maxLineBytes);
-    const sink: LineSink = {
-      line: (bytes, start, end) => this.#handleLine(client, bytes, start, end),
-      tooLong: () => this.#handleTooLong(client),
-      lines: (bytes, start, maxLineBytes) =>
-        this.#relayPlainLines(client, bytes, start, maxLineBytes),
-    };
-    try {
-      while (!client.leftBecause) {
-        const count = await client.conn.read(buffer.bytes);
-        if (count === null) {
-          // The client closed its side: handle a last line without "\n".
-          this.#handleRead(framer, sink);
-          return "closed";
-        }
-        this.#handleRead(framer, sink, buffer.bytes.subarray(0, count));
-        buffer.fit(count);
-      }
-      return client.leftBecause;
-    } catch (error) {
-      return client.leftBecause ?? leaveReasonOf(error);
-    } finally {
-      buffer.release();
-    }
-  }
-
-  /** Handles the lines a read completes (the last one if `chunk` is none). */
-  #handleRead(framer: LineFramer, sink: LineSink, chunk?: Uint8Array): void {
-    this.#readAt = performance.now();
-    try {
-      if (chunk) framer.feed(chunk, sink);
-      else framer.finish(sink);
-    } finally {
-      this.#sendRelayed();
-    }
-  }
-
-  #handleTooLong(client: Client): void {
-    if (client.leftBecause) return;
-    client.lastHeard = this.#readAt;
-    this.#sendTo(
-      client,
-      errorLine(
-        `line too long (over ${this.options.maxLineBytes} bytes): it was not sent`,
-      ),
-    );
-    this.#log(`${client.label} sent a line that was too long`);
-  }
-
-  /** One line from a client: `bytes` from `start` to `end`. */
-  #handleLine(
-    client: Client,
-    bytes: Uint8Array,
-    start: number,
-    end: number,
-  ): void {
-    if (client.leftBecause) return;
-    client.lastHeard = this.#readAt;
-    if (!client.name) {
-      this.#authenticate(client, decodeLine(bytes.subarray(start, end)));
-    } else if (!this.#withinFloodLimit(client)) {
-      return;
-    } else {
-      this.#handleInput(client, decodeLine(bytes.subarray(start, end)));
-    }
-  }
-
-  /** Applies the flood limit to one line: false when it is dropped. */
-  #withinFloodLimit(client: Client): boolean {
-    const verdict = client.flood?.check() ?? "pass";
-    if (verdict === "warn") {
-      const { rateLimit } = this.options;
-      this.#sendTo(
-        client,
-        errorLine(
-          `slow down: at most ${rateLimit} lines a second; lines beyond that are dropped`,
-        ),
-      );
-      this.#log(`${client.label} is flooding: lines dropped`);
-    } else if (verdict === "disconnect") {
-      this.#sendTo(client, errorLine("disconnected for flooding"));
-      this.#leave(client, "flooding");
-    }
-    return verdict === "pass";
-  }
-
-  /** Before /auth with the right password, a client may do nothing else. */
-  #authenticate(client: Client, line: string): void {
+  /** The protocol: the first line may name the client; then, the room's rules. */
+  protected handleLine(client: Client, line: string): void {
     const input = parseChatInput(line);
-    if (input.kind === "empty") return;
-    if (input.kind !== "command" || input.command !== "/auth") {
-      return this.#sendTo(
-        client,
-        errorLine("authenticate first: /auth PASSWORD"),
-      );
+    if (client.nameTimer) {
+      const named = input.kind === "command" && input.command === "/nick";
+      const problem = named ? this.room.nameProblem(input.rest) : "";
+      if (problem) this.sendError(client, problem);
+      this.#join(client, named && !problem ? input.rest : undefined);
+      if (named) return;
     }
-    // The password itself is never logged.
-    if (passwordMatches(input.rest, this.options.password ?? "")) {
-      this.#log(`${client.address} authenticated`);
-      return this.#admit(client);
+    if (!this.#withinRateLimit(client)) return;
+    if (input.kind === "command" && input.command === "/auth") {
+      const already = this.options.password
+        ? "you are in already"
+        : "this server needs no password";
+      return this.sendLine(client, noticeLine(already));
     }
-    client.wrongPasswords++;
-    this.#log(
-      `${client.address} sent a wrong password (${client.wrongPasswords} of ${PASSWORD_TRIES})`,
-    );
-    this.#sendTo(client, errorLine("wrong password"));
-    if (client.wrongPasswords >= PASSWORD_TRIES) {
-      this.#sendTo(
-        client,
-        errorLine("too many wrong passwords: disconnecting"),
-      );
-      this.#leave(client, "wrong password");
-    }
+    this.room.handle(client, line);
   }
 
-  #dropIdleClients(): void {
-    const oldest = performance.now() - this.options.idleTimeoutMs;
-    for (const client of [...this.#connections]) {
-      if (client.lastHeard >= oldest) continue;
-      const seconds = this.options.idleTimeoutMs / 1000;
-      this.#sendTo(client, errorLine(`idle for ${seconds} s: disconnecting`));
-      this.#leave(client, "idle");
-    }
-  }
-
-  /** Closes the client's connection after its last lines are sent. */
-  #leave(client: Client, reason: LeaveReason): void {
-    if (client.leftBecause) return;
-    client.leftBecause = reason;
-    this.#connections.delete(client);
-    this.#log(`${client.label} left (${reason})`);
-    const inChat = this.#clients.get(nameKey(client.name)) === client;
-    if (inChat) this.#clients.delete(nameKey(client.name));
-    if (inChat && reason !== "shutdown" && this.#announces()) {
-      const plain = ["quit", "closed", "reset"].includes(reason);
-      const why = plain || reason.startsWith("error") ? "" : ` (${reason})`;
-      this.#broadcast(noticeLine(`${client.name} left${why}`));
-    }
-    client.closed = closeAfterFlush(client);
-  }
-
-  // -------------------------------------------------------------------------
-  // The protocol: messages and commands
-  // -------------------------------------------------------------------------
-
-  /** A message or a command, as the client typed it. */
-  #handleInput(client: Client, line: string): void {
-    const input = parseChatInput(line);
-    if (input.kind === "empty") return;
-    if (input.kind === "message") return this.#relay(client, input.text);
-    // What a command does comes after the messages sent before it.
-    this.#sendRelayed();
-    const { command, rest } = input;
-    switch (command) {
-      case "/nick":
-        return this.#rename(client, rest);
-      case "/who":
-        return this.#sendTo(client, this.#whoLine());
-      case "/msg":
-        return this.#sendPrivate(client, rest);
-      case "/me":
-        return this.#act(client, rest);
-      case "/help":
-        return HELP_LINES.forEach((text) => this.#sendTo(client, text));
-      case "/quit":
-        this.#sendTo(client, noticeLine("bye"));
-        return this.#leave(client, "quit");
-      case "/auth":
-        return this.#sendTo(
-          client,
-          noticeLine(
-            this.options.password
-              ? "you are in already"
-              : "this server needs no password",
-          ),
-        );
-      default:
-        this.#sendTo(
-          client,
-          errorLine(`unknown command "${command}": /help lists the commands`),
-        );
-    }
-  }
-
-  /**
-   * A message to everyone else (the sender does not get it back). The
-   * messages of one read are sent together, encoded once for everyone:
-   * one piece in each outbox, however many lines the read held.
-   */
-  #relay(client: Client, text: string): void {
-    const line = messageLine(client.name, text);
-    if (!this.options.quiet) this.#print(line);
-    const bytes = encodeLine(line);
-    if (!this.#roomFor(client, bytes.length)) {
-      return this.#broadcastBytes(bytes, client);
-    }
-    this.#relayBuffer.add(bytes);
-  }
-
-  /**
-   * The fast path of a busy room: the plain messages at the start of
-   * `bytes[start..]` go out as they came, after the sender's `<NAME> `,
-   * never decoded, with no work per line beyond finding its end and
-   * copying it once. It takes only clients the server neither limits nor
-   * echoes on its console; the lines it leaves take the usual way.
-   * @returns where it stopped
-   */
-  #relayPlainLines(
-    client: Client,
-    bytes: Uint8Array,
-    start: number,
-    maxLineBytes: number,
-  ): number {
-    const fast = client.name && !client.flood && this.options.quiet &&
-      !client.leftBecause;
-    if (!fast) return start;
-    const prefix = client.messagePrefix;
-    let next = start;
-    while (next < bytes.length) {
-      const rest = Math.min(maxLineBytes, bytes.length - next);
-      if (!this.#roomFor(client, prefix.length + rest + 1)) break;
-      const lf = this.#relayBuffer.addPlainLine(
-        prefix,
-        bytes,
-        next,
-        maxLineBytes,
-      );
-      if (lf < 0) break;
-      next = lf + 1;
-    }
-    // Only whole lines count as being heard, as on the usual way.
-    if (next > start) client.lastHeard = this.#readAt;
-    return next;
-  }
-
-  /**
-   * Makes room in the relay buffer for `size` bytes from `client`, sending
-   * what it holds if need be.
-   * @returns false if they cannot fit even in an empty one
-   */
-  #roomFor(client: Client, size: number): boolean {
-    if (!this.#relayBuffer.fits(size)) {
-      this.#sendRelayed();
-      if (size > this.#relayBuffer.bufferBytes) return false;
-      this.#relayBuffer.renew();
-    }
-    this.#relayedFrom = client;
-    return true;
-  }
-
-  /** Sends the messages gathered from one read, if any. */
-  #sendRelayed(): void {
-    if (this.#relayBuffer.empty) return;
-    this.#broadcastBytes(this.#relayBuffer.take(), this.#relayedFrom);
-  }
-
-  #rename(client: Client, newName: string): void {
-    const problem = this.#nameProblem(newName, client);
-    if (problem) return this.#sendTo(client, errorLine(problem));
-    const oldName = client.name;
-    if (oldName === newName) {
-      return this.#sendTo(client, noticeLine(`you are already ${newName}`));
-    }
-    this.#clients.delete(nameKey(oldName));
-    client.name = newName;
-    this.#clients.set(nameKey(newName), client);
-    this.#log(`${oldName} is now known as ${newName}`);
-    this.#broadcast(noticeLine(`${oldName} is now known as ${newName}`));
-  }
-
-  /** Why `name` cannot be taken by `client`, or undefined if it can. */
-  #nameProblem(name: string, client: Client): string | undefined {
-    if (name === "") return "usage: /nick NAME";
-    const invalid = nameProblem(name);
-    if (invalid) return invalid;
-    if (nameKey(name) === nameKey(this.options.operatorName)) {
-      return `name "${name}" is reserved for the operator`;
-    }
-    const holder = this.#clients.get(nameKey(name));
-    if (holder && holder !== client) return `name "${name}" is taken`;
-    return undefined;
-  }
-
-  #isTaken(name: string): boolean {
-    return this.#clients.has(nameKey(name)) ||
-      nameKey(name) === nameKey(this.options.operatorName);
-  }
-
-  #whoLine(): string {
-    const operator = `${this.options.operatorName} (operator)`;
-    const everyone = [...this.names, operator];
-    return noticeLine(`online (${everyone.length}): ${everyone.join(", ")}`);
-  }
-
-  #sendPrivate(client: Client, rest: string): void {
-    const [name, text] = splitFirstWord(rest);
-    if (name === "" || text === "") {
-      return this.#sendTo(client, errorLine("usage: /msg NAME TEXT"));
-    }
-    const line = privateLine(client.name, text);
-    if (nameKey(name) === nameKey(this.options.operatorName)) {
-      return this.#print(line);
-    }
-    const target = this.#clients.get(nameKey(name));
-    if (!target) {
-      return this.#sendTo(
-        client,
-        errorLine(`no one named "${name}" is online`),
-      );
-    }
-    this.#sendTo(target, line);
-  }
-
-  #act(client: Client, action: string): void {
-    if (action === "") {
-      return this.#sendTo(client, errorLine("usage: /me TEXT"));
-    }
-    const line = noticeLine(`${client.name} ${action}`);
-    this.#print(line);
-    this.#broadcast(line, client);
-  }
-
-  // -------------------------------------------------------------------------
-  // Send: to one client, or to everyone
-  // -------------------------------------------------------------------------
-
-  #sendTo(client: Client, line: string): void {
-    this.#sendBytes(client, encodeLine(line));
-  }
-
-  /** Sends a line to every client but `except`, encoded once for all. */
+  /** Send: a line to everyone in the room but `except`, encoded once for all. */
   #broadcast(line: string, except?: Client): void {
-    this.#broadcastBytes(encodeLine(line), except);
-  }
-
-  #broadcastBytes(bytes: Uint8Array, except?: Client): void {
-    // The Map itself, not a copy: a client that leaves meanwhile is skipped.
-    for (const client of this.#clients.values()) {
-      if (client !== except) this.#sendBytes(client, bytes);
+    const bytes = encodeLine(line);
+    for (const client of this.room.members.values()) {
+      if (client !== except) this.send(client, bytes);
     }
   }
 
-  #sendBytes(client: Client, bytes: Uint8Array): void {
-    if (client.leftBecause) return;
-    if (client.outbox.send(bytes)) return;
-    // Past the cap: a last line, beyond it (it may never be read), then out.
-    client.outbox.send(
-      encodeLine(errorLine("too much unread output: disconnecting")),
-      true,
-    );
-    this.#leave(client, "too slow");
+  protected errorText(text: string): string {
+    return errorLine(text);
+  }
+
+  protected tooLong(): string {
+    return `line too long (over ${this.options.maxLineBytes} bytes): it was not sent`;
+  }
+
+  /** Close: the room tells the others the client left. */
+  protected override left(client: Client, reason: string): void {
+    clearTimeout(client.nameTimer);
+    if (client.name) this.room.leave(client, reason);
+    else this.log(`${client.address} left (${reason})`);
+  }
+
+  protected beforeShutdown(): Promise<void> {
+    for (const client of this.room.members.values()) {
+      this.sendLine(client, SAYS.shuttingDown);
+    }
+    return Promise.resolve();
   }
 
   // -------------------------------------------------------------------------
   // The operator's console
   // -------------------------------------------------------------------------
 
-  /** Handles one line typed at the server's console. */
+  /** One line typed at the server's console: a message, or a command. */
   operatorSays(line: string): void {
     const input = parseChatInput(line);
+    const print = this.options.print;
     if (input.kind === "empty") return;
-    if (input.kind === "message") return this.#operatorMessage(input.text);
-    const { command, rest } = input;
-    switch (command) {
+    if (input.kind === "message") {
+      if (this.room.members.size === 0) {
+        return print("* no one is connected to hear that");
+      }
+      return this.#broadcast(
+        messageLine(this.options.operatorName, input.text),
+      );
+    }
+    switch (input.command) {
       case "/who":
-        return this.#print(this.#whoLine());
+        return print(this.room.whoLine());
       case "/kick":
-        return this.#kick(rest);
+        return this.#kick(input.rest);
       case "/quit":
         this.stop();
         return;
       case "/help":
-        return this.#print(
+        return print(
           "* console: TEXT to send to everyone, /who, /kick NAME, /quit",
         );
       default:
-        this.#print(
+        print(
           errorLine(
-            `unknown command "${command}": try /who, /kick NAME, /quit`,
+            `unknown command "${input.command}": try /who, /kick NAME, /quit`,
           ),
         );
     }
   }
 
-  #operatorMessage(text: string): void {
-    if (this.#clients.size === 0) {
-      return this.#print("* no one is connected to hear that");
-    }
-    this.#broadcast(messageLine(this.options.operatorName, text));
-  }
-
   #kick(name: string): void {
-    if (name === "") return this.#print(errorLine("usage: /kick NAME"));
-    const client = this.#clients.get(nameKey(name));
-    if (!client) return this.#print(errorLine(`no one named "${name}"`));
-    this.#sendTo(client, noticeLine("you were kicked by the operator"));
-    this.#leave(client, "kicked");
+    if (name === "") return this.options.print(errorLine("usage: /kick NAME"));
+    const client = this.room.members.get(nameKey(name));
+    if (!client) return this.options.print(errorLine(`no one named "${name}"`));
+    this.sendLine(client, noticeLine("you were kicked by the operator"));
+    this.close(client, "kicked");
   }
 
   // -------------------------------------------------------------------------
-  // Close: a graceful stop
+  // Beyond the lab: the password notice, the flood limit
   // -------------------------------------------------------------------------
 
-  /**
-   * Stops accepting, tells every client the server is shutting down, and
-   * closes each connection once its last lines are sent.
-   */
-  protected override async shutDown(): Promise<void> {
-    this.#log("shutting down");
-    clearInterval(this.#idleSweeper);
-    try {
-      this.listener.close();
-    } catch {
-      // Already closed.
+  protected override askPassword(client: Client): void {
+    this.sendLine(client, SAYS.passwordNeeded);
+  }
+
+  /** Applies the flood limit to one line: false when it is dropped. */
+  #withinRateLimit(client: Client): boolean {
+    const verdict = client.rate?.check() ?? "pass";
+    if (verdict === "warn") {
+      const rate = this.options.rateLimit;
+      this.sendError(
+        client,
+        `slow down: at most ${rate} lines a second; lines beyond that are dropped`,
+      );
+      this.log(`${client.name} is flooding: lines dropped`);
+    } else if (verdict === "disconnect") {
+      this.sendError(client, "disconnected for flooding");
+      this.close(client, "flooding");
     }
-    const clients = [...this.#connections];
-    for (const client of clients) {
-      this.#sendTo(client, noticeLine("server shutting down"));
-      this.#leave(client, "shutdown");
-    }
-    await Promise.all(clients.map((client) => client.closed));
-    await this.finished;
-    this.#log("stopped");
-  }
-
-  // -------------------------------------------------------------------------
-  // The console's output
-  // -------------------------------------------------------------------------
-
-  /** A chat line the operator sees. */
-  #print(line: string): void {
-    this.options.print(line);
-  }
-
-  /** A log line, with its time. */
-  #log(text: string): void {
-    this.options.print(`${clockTime()} ${text}`);
+    return verdict === "pass";
   }
 }
 
-const HELP_LINES = [
-  "commands:",
-  "  /nick NAME       choose your name (1 to 24 letters, digits, - _ .)",
-  "  /who             list who is online",
-  "  /msg NAME TEXT   send TEXT to NAME alone",
-  '  /me TEXT         an action: "/me waves" shows "* NAME waves"',
-  "  /quit            leave the chat",
-  '  //TEXT           send a message that starts with "/"',
-].map(noticeLine);
+// ---------------------------------------------------------------------------
+// Beyond the lab: options, limits, TLS, and the outbox
+// ---------------------------------------------------------------------------
 
-/** Sends what is queued for a client (waiting at most a few seconds), then closes. */
-async function closeAfterFlush(client: Client): Promise<void> {
-  client.outbox.finish();
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, FINAL_FLUSH_MS);
-  });
-  await Promise.race([client.outbox.drained, timeout]);
-  clearTimeout(timer);
-  // Close: release the socket; the client sees the end of the stream.
-  closeQuietly(client.conn);
+/** How a server runs: the chat's and the inventory's options. */
+export interface ServerOptions {
+  /** Address and port to listen on (port 0 picks a free one). */
+  host: string;
+  port: number;
+  /** The operator's name, reserved for the console. @default "server" */
+  operatorName: string;
+  /** Serve one client at a time. */
+  iterative: boolean;
+  /** The longest line a client may send, in bytes. @default 4096 */
+  maxLineBytes: number;
+  /** Unread bytes waiting for one client before it is dropped. @default 1 MiB */
+  maxPendingBytes: number;
+  /** Connections at once; the next one is told the server is full. @default 1000 */
+  maxClients: number;
+  /** Chat: lines a second per client (0: no limit), and the burst above it. */
+  rateLimit: number;
+  burst: number;
+  /** Connections silent this long are closed; 0 is never. */
+  idleTimeoutMs: number;
+  /** Chat: how long a new client may take to send `/nick NAME`. @default 250 */
+  nameWaitMs: number;
+  /** Chat: joins and leaves are announced up to this many. @default 100 */
+  announceLimit: number;
+  /** Chat: keep the room's messages off the console. */
+  quiet: boolean;
+  /** The password clients must send with /auth first, if any. */
+  password?: string;
+  /** A certificate and its key (PEM), to speak TLS. */
+  tls?: TlsFiles;
+  /** Inventory: the file that keeps the stock. */
+  dataFile?: string;
+  /** Prints one line of the console. */
+  print: (line: string) => void;
+  /** Prints each socket step, for study (--trace). */
+  trace?: (step: string) => void;
 }
 
-/** Closes a connection that may be closed already. */
-function closeQuietly(conn: Deno.Conn): void {
+/** A certificate and its private key, as PEM text. */
+type TlsFiles = { cert: string; key: string };
+
+const DEFAULTS: ServerOptions = {
+  host: "0.0.0.0",
+  port: DEFAULT_PORT,
+  operatorName: "server",
+  iterative: false,
+  maxLineBytes: MAX_LINE_BYTES,
+  maxPendingBytes: 1024 * 1024,
+  maxClients: 1000,
+  rateLimit: 20,
+  burst: 40,
+  idleTimeoutMs: 0,
+  nameWaitMs: 250,
+  announceLimit: 100,
+  quiet: false,
+  print: (line) => console.log(line),
+};
+
+/** Closes a socket that may be closed already. */
+function closeQuietly(socket: { close(): void }): void {
   try {
-    conn.close();
+    socket.close();
   } catch {
     // Already closed.
   }
 }
 
-/** `HOST:PORT` of a connection's peer. */
-function addressOf(conn: Deno.Conn): string {
-  const peer = conn.remoteAddr as Deno.NetAddr;
-  return `${peer.hostname}:${peer.port}`;
-}
+/** How long a leaving client may take to receive its last lines. */
+const FINAL_FLUSH_MS = 3000;
 
 /**
- * Creates the listening socket: plain TCP, or TLS when a certificate is
- * given (the handshake then happens on each connection's first read).
+ * What is waiting to be sent to one client, behind one call:
+ * `outbox.send(bytes)`. Each client has its own, so a slow reader delays
+ * nobody else, and it is capped, so such a client cannot grow the
+ * server's memory without bound. What is queued during one turn of the
+ * event loop goes out in one write: a client sent 10 lines at once gets
+ * them in one `write()`.
  */
-function listen(
-  options: { host: string; port: number; tls?: { cert: string; key: string } },
-): Deno.Listener {
-  const { host: hostname, port, tls } = options;
-  return tls
-    ? Deno.listenTls({ hostname, port, cert: tls.cert, key: tls.key })
-    : Deno.listen({ hostname, port });
-}
+class Outbox {
+  #pending: Uint8Array[] = [];
+  #pendingBytes = 0;
+  #finishing = false;
+  #failed = false;
+  #wake?: () => void;
+  /** Settles once all is sent, or a write failed. */
+  readonly done: Promise<void>;
 
-/** Tells a connection over the --max-clients limit, and closes it. */
-async function refuseFull(
-  conn: Deno.Conn,
-  reply: string,
-  log: (text: string) => void,
-): Promise<void> {
-  log(`refused ${addressOf(conn)}: server full`);
-  try {
-    await writeAll(conn, encodeLine(reply));
-  } catch {
-    // It has gone already.
+  constructor(
+    readonly conn: Deno.Conn,
+    readonly maxPendingBytes: number,
+    readonly label: () => string,
+    readonly trace: Trace,
+  ) {
+    this.done = this.#writeLoop();
   }
-  closeQuietly(conn);
+
+  /**
+   * @param force queue it even past the cap (a last line)
+   * @returns false when the client has too much waiting already
+   */
+  send(bytes: Uint8Array, force = false): boolean {
+    if (this.#finishing || this.#failed) return true;
+    if (!force && this.#pendingBytes + bytes.length > this.maxPendingBytes) {
+      return false;
+    }
+    this.#pending.push(bytes);
+    this.#pendingBytes += bytes.length;
+    this.#wake?.();
+    return true;
+  }
+
+  /** Takes no more; sends what is queued (a few seconds at most), then closes. */
+  finish(): void {
+    this.#finishing = true;
+    this.#wake?.();
+    const timer = setTimeout(() => closeQuietly(this.conn), FINAL_FLUSH_MS);
+    this.done.finally(() => {
+      clearTimeout(timer);
+      // Close: release the socket; the client sees the end of the stream.
+      closeQuietly(this.conn);
+    });
+  }
+
+  async #writeLoop(): Promise<void> {
+    while (this.#pending.length > 0 || !this.#finishing) {
+      if (this.#pending.length === 0) {
+        await new Promise<void>((resolve) => this.#wake = resolve);
+        continue;
+      }
+      const batch = joinBytes(this.#pending, this.#pendingBytes);
+      this.#pending = [];
+      this.#pendingBytes = 0;
+      try {
+        const writes = await writeAll(this.conn, batch);
+        const how = writes > 1
+          ? `${writes} writes, each sent a part`
+          : "all sent";
+        this.trace?.(`write ${batch.length} bytes to ${this.label()} (${how})`);
+      } catch {
+        this.#failed = true; // gone: its receive loop says why
+        return;
+      }
+    }
+  }
 }
 
-/** The leave reason for an error from a client's socket. */
-function leaveReasonOf(error: unknown): LeaveReason {
-  if (isDisconnect(error)) return "reset";
-  return `error: ${networkReason(error)}`;
+/** Joins `pieces` (of `size` bytes in all) into one buffer, for one write. */
+function joinBytes(pieces: Uint8Array[], size: number): Uint8Array {
+  if (pieces.length === 1) return pieces[0];
+  const joined = new Uint8Array(size);
+  let offset = 0;
+  for (const piece of pieces) {
+    joined.set(piece, offset);
+    offset += piece.length;
+  }
+  return joined;
 }
 
 // ---------------------------------------------------------------------------
-// The inventory service: one JSON request and one JSON reply per line
+// The inventory service: one request and one JSON reply per line
 // ---------------------------------------------------------------------------
 
 /** A valid request to the inventory service. */
-export type InventoryRequest =
-  | { action: "add" | "remove"; item: string; quantity: number }
-  | { action: "view" }
-  | { action: "help" };
-
-const ACTIONS = ["add", "remove", "view", "help"];
-
-const INVENTORY_HELP = 'send one request per line: "add ITEM QUANTITY", ' +
-  '"remove ITEM QUANTITY", "view", "help", or the same as JSON: ' +
-  '{"action":"add","item":"Soap","quantity":200}, {"action":"view"}';
+export type InventoryRequest = Change | { action: "view" } | { action: "help" };
+type Change = { action: "add" | "remove"; item: string; quantity: number };
 
 /** A request that cannot be served, with the reason for the client. */
 class BadRequest extends Error {}
 
 /**
- * Reads one request line: a JSON object, or the same as text for nc users
- * (`add Green Tea 5`: the quantity is the last word).
+ * Reads one request line: a JSON object, or the same as words for nc
+ * users (`add Green Tea 5`: the quantity is the last word). JSON is data
+ * and only data: it is never run, as pickle would be.
  * @throws {BadRequest} with the reason, for anything else
  */
 export function parseInventoryRequest(line: string): InventoryRequest {
   const text = line.trim();
-  // JSON is never eval'ed or unpickled: it is data, and only data.
   const looksLikeJson = /^[[{"\d-]|^(true|false|null)$/.test(text);
   return looksLikeJson ? requestFromJson(text) : requestFromWords(text);
 }
@@ -1238,46 +773,38 @@ function requestFromJson(text: string): InventoryRequest {
       'a request must be a JSON object, like {"action":"view"}',
     );
   }
-  const fields = value as Record<string, unknown>;
-  const action = fields.action;
+  const { action, item, quantity } = value as Record<string, unknown>;
   if (action === undefined) throw new BadRequest('missing "action"');
   if (typeof action !== "string") {
     throw new BadRequest('"action" must be a string');
   }
-  if (action === "view") return { action };
-  if (action === "help") return { action };
+  if (action === "view" || action === "help") {
+    return { action } as InventoryRequest;
+  }
   if (action !== "add" && action !== "remove") throw unknownAction(action);
-  if (fields.item === undefined) throw new BadRequest('missing "item"');
-  if (fields.quantity === undefined) throw new BadRequest('missing "quantity"');
-  return {
-    action,
-    item: checkItem(fields.item),
-    quantity: checkQuantity(fields.quantity),
-  };
+  if (item === undefined) throw new BadRequest('missing "item"');
+  if (quantity === undefined) throw new BadRequest('missing "quantity"');
+  return { action, item: checkItem(item), quantity: checkQuantity(quantity) };
 }
 
 function requestFromWords(text: string): InventoryRequest {
   const words = text.split(/\s+/);
   const action = words[0].toLowerCase();
-  if (action === "view") return { action };
-  if (action === "help") return { action };
-  if (action !== "add" && action !== "remove") throw unknownAction(words[0]);
-  if (words.length < 3) {
-    throw new BadRequest(`usage: ${action} ITEM QUANTITY`);
+  if (action === "view" || action === "help") {
+    return { action } as InventoryRequest;
   }
+  if (action !== "add" && action !== "remove") throw unknownAction(words[0]);
+  if (words.length < 3) throw new BadRequest(`usage: ${action} ITEM QUANTITY`);
   const quantity = words.at(-1)!;
   if (!/^\d+$/.test(quantity)) throw badQuantity();
-  return {
-    action,
-    item: checkItem(words.slice(1, -1).join(" ")),
-    quantity: checkQuantity(Number(quantity)),
-  };
+  const item = checkItem(words.slice(1, -1).join(" "));
+  return { action, item, quantity: checkQuantity(Number(quantity)) };
 }
 
 function unknownAction(action: string): BadRequest {
   const shown = action.length > 20 ? action.slice(0, 20) + "..." : action;
   return new BadRequest(
-    `unknown action "${shown}": use ${ACTIONS.join(", ")}`,
+    `unknown action "${shown}": use ${INVENTORY.actions.join(", ")}`,
   );
 }
 
@@ -1285,9 +812,9 @@ function checkItem(item: unknown): string {
   if (typeof item !== "string") throw new BadRequest('"item" must be a string');
   const name = item.trim();
   if (name === "") throw new BadRequest("an item name cannot be empty");
-  if ([...name].length > MAX_ITEM_LENGTH) {
+  if ([...name].length > INVENTORY.maxItemLength) {
     throw new BadRequest(
-      `an item name is ${MAX_ITEM_LENGTH} characters at most`,
+      `an item name is ${INVENTORY.maxItemLength} characters at most`,
     );
   }
   if (cleanText(name) !== name) {
@@ -1297,15 +824,18 @@ function checkItem(item: unknown): string {
 }
 
 function checkQuantity(quantity: unknown): number {
-  const valid = typeof quantity === "number" && Number.isInteger(quantity) &&
-    quantity >= 1 && quantity <= MAX_QUANTITY;
-  if (!valid) throw badQuantity();
-  return quantity as number;
+  if (
+    Number.isInteger(quantity) && (quantity as number) >= 1 &&
+    (quantity as number) <= INVENTORY.maxQuantity
+  ) {
+    return quantity as number;
+  }
+  throw badQuantity();
 }
 
 function badQuantity(): BadRequest {
   return new BadRequest(
-    `the quantity must be a whole number from 1 to ${MAX_QUANTITY}`,
+    `the quantity must be a whole number from 1 to ${INVENTORY.maxQuantity}`,
   );
 }
 
@@ -1325,10 +855,7 @@ export class Inventory {
     return Object.fromEntries(this.#items);
   }
 
-  /**
-   * Adds `quantity` of `item`.
-   * @throws {BadRequest} when the total would pass the safe integer limit
-   */
+  /** @throws {BadRequest} when the total would pass the safe integer limit */
   add(item: string, quantity: number): string {
     const total = (this.#items.get(item) ?? 0) + quantity;
     if (total > Number.MAX_SAFE_INTEGER) {
@@ -1340,10 +867,7 @@ export class Inventory {
     return `Added ${quantity} ${item}(s) to the inventory.`;
   }
 
-  /**
-   * Removes `quantity` of `item`; an item that reaches 0 leaves.
-   * @throws {BadRequest} when there is not that much in stock
-   */
+  /** An item that reaches 0 leaves. @throws {BadRequest} when there is not that much */
   remove(item: string, quantity: number): string {
     const have = this.#items.get(item) ?? 0;
     if (have === 0) throw new BadRequest(`no ${item} in stock`);
@@ -1354,188 +878,48 @@ export class Inventory {
   }
 }
 
-/** How an inventory server runs. */
-export interface InventoryOptions {
-  /** Address to listen on. @default "0.0.0.0" */
-  host: string;
-  /** Port to listen on; 0 picks a free one. @default 9999 */
-  port: number;
-  /** Serve one client at a time. @default false */
-  iterative: boolean;
-  /** The longest request line, in bytes. @default 4096 */
-  maxLineBytes: number;
-  /** Connections at once; the next one is told the server is full. @default 1000 */
-  maxClients: number;
-  /** Connections silent this long are closed; 0 is never. @default 0 */
-  idleTimeoutMs: number;
-  /** The password clients must send with /auth first, if any. */
-  password?: string;
-  /** A certificate and its key (PEM), to speak TLS. */
-  tls?: { cert: string; key: string };
-  /** The file that keeps the stock; without one, it lives in memory. */
-  dataFile?: string;
-  /** Prints one log line. */
-  print: (line: string) => void;
-}
-
-/** One connection to the inventory service. */
-interface Customer {
-  conn: Deno.Conn;
-  address: string;
-  lastHeard: number;
-  authenticated: boolean;
-  wrongPasswords: number;
-}
-
-/** A running inventory server. */
-export class InventoryServer extends Stoppable {
-  readonly options: InventoryOptions;
-  readonly listener: Deno.Listener;
-  /** Settles when the server has stopped accepting. */
-  readonly finished: Promise<void>;
-  readonly #inventory: Inventory;
+/** A running inventory server: the same sockets, another protocol. */
+export class InventoryServer extends TcpServer {
   readonly #dataFile?: DataFile;
-  readonly #connections = new Set<Customer>();
-  #idleSweeper?: ReturnType<typeof setInterval>;
-
-  private constructor(
-    options: InventoryOptions,
-    listener: Deno.Listener,
-    inventory: Inventory,
-  ) {
-    super();
-    this.options = options;
-    this.listener = listener;
-    this.#inventory = inventory;
-    if (options.idleTimeoutMs > 0) {
-      const every = Math.min(1000, options.idleTimeoutMs / 4);
-      this.#idleSweeper = setInterval(() => this.#closeIdle(), every);
-    }
-    if (options.dataFile) this.#dataFile = new DataFile(options.dataFile);
-    this.finished = acceptConnections(listener, {
-      iterative: options.iterative,
-      serve: (conn) => this.#serve(conn),
-      log: (text) => this.#log(text),
-      stopping: () => this.stopping,
-    });
-  }
 
   /**
    * Loads the stock from the data file, if any, then creates, binds and
-   * listens.
+   * listens, and accepts clients.
    * @throws {DataFileError} when the data file cannot be read or is corrupt
    */
   static async start(
-    options: Partial<InventoryOptions> = {},
+    options: Partial<ServerOptions> = {},
   ): Promise<InventoryServer> {
-    const full: InventoryOptions = {
-      host: "0.0.0.0",
-      port: DEFAULT_PORT,
-      iterative: false,
-      maxLineBytes: LIMITS.maxLineBytes,
-      maxClients: LIMITS.maxClients,
-      idleTimeoutMs: LIMITS.idleTimeoutMs,
-      print: (line) => console.log(line),
-      ...options,
-    };
+    const full = { ...DEFAULTS, rateLimit: 0, ...options };
     const stock = full.dataFile ? await loadStock(full.dataFile) : {};
-    // Create, bind and listen.
-    const listener = listen(full);
-    return new InventoryServer(full, listener, new Inventory(stock));
+    return new InventoryServer(full, listen(full), new Inventory(stock));
   }
 
-  /** The address actually bound (port 0 becomes a real port). */
-  get addr(): Deno.NetAddr {
-    return this.listener.addr as Deno.NetAddr;
+  private constructor(
+    options: ServerOptions,
+    listener: Deno.Listener,
+    readonly inventory: Inventory,
+  ) {
+    super(options, listener);
+    if (options.dataFile) this.#dataFile = new DataFile(options.dataFile);
   }
 
-  /** One connection: any number of requests, each answered in turn. */
-  async #serve(conn: Deno.Conn): Promise<void> {
-    const address = addressOf(conn);
-    this.#log(`connection from ${address}`);
-    if (this.#connections.size >= this.options.maxClients) {
-      const full = JSON.stringify(failure("server full"));
-      return await refuseFull(conn, full, (text) => this.#log(text));
-    }
-    const customer: Customer = {
-      conn,
-      address,
-      lastHeard: performance.now(),
-      authenticated: !this.options.password,
-      wrongPasswords: 0,
-    };
-    this.#connections.add(customer);
-    const buffer = new Uint8Array(16 * 1024);
-    const framer = new LineFramer(this.options.maxLineBytes);
-    let reason = "closed";
-    try {
-      // Receive: bytes, framed into request lines.
-      reading: for (let count; (count = await conn.read(buffer)) !== null;) {
-        for (const frame of framer.push(buffer.subarray(0, count))) {
-          await this.#answer(customer, frame);
-          if (customer.wrongPasswords >= PASSWORD_TRIES) {
-            reason = "wrong password";
-            break reading;
-          }
-        }
-      }
-      if (reason === "closed") {
-        for (const frame of framer.end()) await this.#answer(customer, frame);
-      }
-    } catch (error) {
-      reason = this.stopping ? "shutdown" : leaveReasonOf(error);
-    }
-    this.#connections.delete(customer);
-    this.#log(`${address} disconnected (${reason})`);
-    closeQuietly(conn);
-  }
-
-  /** Answers one request line with one JSON line. */
-  async #answer(customer: Customer, frame: Frame): Promise<void> {
-    if (frame !== LINE_TOO_LONG && frame.trim() === "") return;
-    customer.lastHeard = performance.now();
-    const reply = frame === LINE_TOO_LONG
-      ? failure(`request too long (over ${this.options.maxLineBytes} bytes)`)
-      : !customer.authenticated
-      ? this.#authenticate(customer, frame)
-      : /^\/auth\b/i.test(frame.trim())
-      ? { ok: true as const, message: "authenticated already" }
-      : await this.#serveRequest(customer.address, frame);
-    // Send: the reply, after the change is safely on disk.
-    await writeAll(customer.conn, encodeLine(JSON.stringify(reply)));
-  }
-
-  /** Before /auth with the right password, a client may do nothing else. */
-  #authenticate(customer: Customer, line: string): InventoryReply {
-    const [command, password] = splitFirstWord(line.trim());
-    if (command.toLowerCase() !== "/auth") {
-      return failure("authenticate first: /auth PASSWORD");
-    }
-    if (passwordMatches(password, this.options.password ?? "")) {
-      customer.authenticated = true;
-      this.#log(`${customer.address} authenticated`);
-      return { ok: true, message: "authenticated" };
-    }
-    customer.wrongPasswords++;
-    this.#log(
-      `${customer.address} sent a wrong password (${customer.wrongPasswords} of ${PASSWORD_TRIES})`,
+  /** After /auth with the right password: a reply says so. */
+  protected admit(client: Client): void {
+    if (!this.options.password) return;
+    this.sendLine(
+      client,
+      JSON.stringify({ ok: true, message: "authenticated" }),
     );
-    return failure("wrong password");
   }
 
-  #closeIdle(): void {
-    const oldest = performance.now() - this.options.idleTimeoutMs;
-    for (const customer of this.#connections) {
-      if (customer.lastHeard >= oldest) continue;
-      this.#log(`${customer.address} was idle: closing`);
-      const idle = failure(
-        `idle for ${this.options.idleTimeoutMs / 1000} s: disconnecting`,
-      );
-      writeAll(customer.conn, encodeLine(JSON.stringify(idle)))
-        .catch(() => {})
-        .finally(() => closeQuietly(customer.conn));
-      this.#connections.delete(customer);
-    }
+  /** Answers one request line with one JSON line, once any change is saved. */
+  protected async handleLine(client: Client, line: string): Promise<void> {
+    if (line.trim() === "") return;
+    const reply = /^\/auth\b/i.test(line.trim())
+      ? { ok: true as const, message: "authenticated already" }
+      : await this.#serveRequest(client.address, line);
+    this.sendLine(client, JSON.stringify(reply));
   }
 
   async #serveRequest(address: string, line: string): Promise<InventoryReply> {
@@ -1546,12 +930,19 @@ export class InventoryServer extends Stoppable {
       if (error instanceof BadRequest) return failure(error.message);
       throw error;
     }
-    const inventory = this.#inventory;
-    if (request.action === "help") return { ok: true, message: INVENTORY_HELP };
+    if (request.action === "help") return { ok: true, message: INVENTORY.help };
     if (request.action === "view") {
-      return { ok: true, inventory: inventory.stock };
+      return { ok: true, inventory: this.inventory.stock };
     }
-    const { action, item, quantity } = request;
+    return await this.#change(address, request);
+  }
+
+  /** Adds or removes, saves, and only then says it is done. */
+  async #change(
+    address: string,
+    { action, item, quantity }: Change,
+  ): Promise<InventoryReply> {
+    const { inventory } = this;
     let message;
     try {
       message = action === "add"
@@ -1567,28 +958,24 @@ export class InventoryServer extends Stoppable {
       // Not saved, so not done: undo the change and say why.
       if (action === "add") inventory.remove(item, quantity);
       else inventory.add(item, quantity);
-      this.#log(`cannot save: ${(error as Error).message}`);
+      this.log(`cannot save: ${(error as Error).message}`);
       return failure(`cannot save the inventory: ${(error as Error).message}`);
     }
-    this.#log(`${address}: ${message}`);
+    this.log(`${address}: ${message}`);
     return { ok: true, message, inventory: inventory.stock };
   }
 
-  /** Stops accepting, lets the last saves finish, closes every connection. */
-  protected override async shutDown(): Promise<void> {
-    this.#log("shutting down");
-    clearInterval(this.#idleSweeper);
-    this.listener.close();
-    await this.finished;
-    await this.#dataFile?.idle();
-    for (const { conn } of this.#connections) {
-      closeQuietly(conn);
-    }
-    this.#log("stopped");
+  protected errorText(text: string): string {
+    return JSON.stringify(failure(text));
   }
 
-  #log(text: string): void {
-    this.options.print(`${clockTime()} ${text}`);
+  protected tooLong(): string {
+    return `request too long (over ${this.options.maxLineBytes} bytes)`;
+  }
+
+  /** Lets the last saves finish. */
+  protected async beforeShutdown(): Promise<void> {
+    await this.#dataFile?.idle();
   }
 }
 
@@ -1615,22 +1002,22 @@ export async function loadStock(path: string): Promise<Stock> {
     if (error instanceof Deno.errors.NotFound) return {};
     throw new DataFileError(`Cannot read "${path}": ${fileReason(error)}`);
   }
+  const corrupt = (why: string) =>
+    new DataFileError(
+      `Cannot load "${path}": ${why}. The file was left as it is.`,
+    );
   let data: unknown;
   try {
     data = JSON.parse(text);
   } catch (error) {
-    throw corrupt(path, `not valid JSON (${(error as Error).message})`);
+    throw corrupt(`not valid JSON (${(error as Error).message})`);
   }
   if (typeof data !== "object" || data === null || Array.isArray(data)) {
-    throw corrupt(path, 'not a JSON object like {"Soap": 200}');
+    throw corrupt('not a JSON object like {"Soap": 200}');
   }
   for (const [item, quantity] of Object.entries(data)) {
-    const valid = typeof quantity === "number" &&
-      Number.isSafeInteger(quantity) &&
-      quantity >= 1;
-    if (!valid) {
+    if (!Number.isSafeInteger(quantity) || quantity < 1) {
       throw corrupt(
-        path,
         `"${item}" has ${
           JSON.stringify(quantity)
         }, not a whole number of 1 or more`,
@@ -1638,12 +1025,6 @@ export async function loadStock(path: string): Promise<Stock> {
     }
   }
   return data as Stock;
-}
-
-function corrupt(path: string, why: string): DataFileError {
-  return new DataFileError(
-    `Cannot load "${path}": ${why}. The file was left as it is.`,
-  );
 }
 
 function fileReason(error: unknown): string {
@@ -1655,11 +1036,11 @@ function fileReason(error: unknown): string {
 }
 
 /**
- * Saves the stock to a file so that a crash (even kill -9) at any moment
- * loses no change that was acknowledged: write a temporary file in the
- * same folder, flush it to the disk, then rename it over the old one. A
- * rename is atomic: the file is always either the old stock or the new.
- * Changes that come while a save runs are saved together in the next one.
+ * Saves the stock so that a crash (even kill -9) at any moment loses no
+ * change that was acknowledged: write a temporary file in the same
+ * folder, flush it to the disk, then rename it over the old one. A rename
+ * is atomic: the file is always the old stock or the new. Changes that
+ * come while a save runs are saved together in the next one.
  */
 class DataFile {
   #waiting: { resolve: () => void; reject: (error: Error) => void }[] = [];
@@ -1667,14 +1048,11 @@ class DataFile {
 
   constructor(readonly path: string) {}
 
-  /**
-   * Resolves once a save that includes the stock as it is now is on disk.
-   * @param snapshot gives the stock at the moment the save starts
-   */
+  /** Resolves once a save that includes the stock as it is now is on disk. */
   save(snapshot: () => Stock): Promise<void> {
-    const saved = new Promise<void>((resolve, reject) => {
-      this.#waiting.push({ resolve, reject });
-    });
+    const saved = new Promise<void>((resolve, reject) =>
+      this.#waiting.push({ resolve, reject })
+    );
     this.#saving ??= this.#saveAll(snapshot);
     return saved;
   }
@@ -1701,187 +1079,180 @@ class DataFile {
 
   async #write(text: string): Promise<void> {
     const temporary = `${this.path}.${Deno.pid}.tmp`;
-    const file = await Deno.open(temporary, {
-      write: true,
-      create: true,
-      truncate: true,
-    });
-    try {
+    {
+      using file = await Deno.open(temporary, {
+        write: true,
+        create: true,
+        truncate: true,
+      });
       await writeAll(file, new TextEncoder().encode(text));
       await file.sync();
-    } finally {
-      file.close();
     }
     await Deno.rename(temporary, this.path);
   }
 }
 
 // ---------------------------------------------------------------------------
-// The program
+// The program: flags, banner, console, main
 // ---------------------------------------------------------------------------
 
-/**
- * Reads the server's flags.
- * @throws {UsageError} for a bad flag
- */
+const FLAGS = {
+  port: { short: "p", port: true, default: String(DEFAULT_PORT) },
+  host: { default: "0.0.0.0" },
+  name: { short: "n", default: "server" },
+  iterative: { short: "i", on: true },
+  quiet: { short: "q", on: true },
+  trace: { on: true },
+  service: { short: "s", choices: ["chat", "inventory"], default: "chat" },
+  data: {},
+  "tls-cert": {},
+  "tls-key": {},
+  password: {},
+  "max-line": { range: [16, 1 << 24] },
+  "max-clients": { range: [1, 1_000_000] },
+  "max-pending": { range: [1024, 1 << 30] },
+  "rate-limit": { range: [0, 1_000_000] },
+  burst: { range: [1, 1_000_000] },
+  "idle-timeout": { range: [0, 86_400] },
+} satisfies Record<string, FlagRow>;
+
+/** The limit flags, and the option each one sets. */
+const LIMIT_OPTIONS = {
+  "max-line": "maxLineBytes",
+  "max-clients": "maxClients",
+  "max-pending": "maxPendingBytes",
+  "rate-limit": "rateLimit",
+  burst: "burst",
+} as const;
+
+const USAGE = `socklab TCP chat server
+
+USAGE:
+  deno run -A server.ts [OPTIONS]
+
+OPTIONS:
+  -p, --port <PORT>   Port to listen on (default ${DEFAULT_PORT}; 0 picks a free one)
+      --host <HOST>   Address to listen on (default 0.0.0.0: every interface)
+  -n, --name <NAME>   The operator's name in the chat (default "server")
+  -i, --iterative     Serve one client at a time; the others wait their turn
+  -q, --quiet         Chat: keep the room's messages off the console (log lines only)
+      --trace         Print each socket step as it happens (accept, read, write, close)
+  -s, --service <chat|inventory>  The service (default chat)
+      --data <FILE>   Inventory: keep the stock in FILE, saved after every change
+  -h, --help          Show this help
+
+SECURITY (see the README):
+      --tls-cert <FILE>          Speak TLS, with this certificate (PEM)
+      --tls-key <FILE>           ... and its private key (PEM)
+      --password <SECRET>        Clients must send "/auth SECRET" first; or set
+                                 SOCKLAB_PASSWORD, which stays out of the process list
+
+LIMITS (the defaults never bother normal use):
+      --max-line <BYTES>         Longest line a client may send (default 4096)
+      --max-clients <N>          Connections at once (default 1000)
+      --max-pending <BYTES>      Unread output before a client is dropped (default 1048576)
+      --rate-limit <N>           Chat: lines a second per client; 0 is no limit (default 20)
+      --burst <N>                Chat: lines at once above the rate (default 40)
+      --idle-timeout <SECONDS>   Disconnect clients silent this long (default: never)
+
+CONSOLE (what you type into the server):
+  TEXT                Send TEXT to every client, as <NAME> TEXT
+  /who                List who is online
+  /kick NAME          Disconnect NAME
+  /quit               Tell every client and stop (Ctrl-C does the same)`;
+
+/** What server.ts was asked to do. */
+export type ServerArgs = Partial<ServerOptions> & {
+  help: boolean;
+  service: "chat" | "inventory";
+  host: string;
+  port: number;
+  tlsFiles?: { certFile: string; keyFile: string };
+  /** --trace: print each socket step. */
+  tracing: boolean;
+};
+
+/** Reads the server's flags. @throws {UsageError} for a bad flag */
 export function parseServerArgs(args: string[]): ServerArgs {
-  const flags = parseFlags(args, {
-    positionals: 0,
-    string: [
-      "port",
-      "host",
-      "name",
-      "service",
-      "data",
-      "tls-cert",
-      "tls-key",
-      "password",
-      ...Object.keys(LIMIT_FLAGS),
-    ],
-    boolean: ["iterative", "quiet", "help"],
-    alias: {
-      p: "port",
-      n: "name",
-      i: "iterative",
-      q: "quiet",
-      s: "service",
-      h: "help",
-    },
-    default: {
-      port: String(DEFAULT_PORT),
-      host: "0.0.0.0",
-      name: "server",
-      service: "chat",
-    },
-  });
-  const operatorName = String(flags.name);
-  const invalid = nameProblem(operatorName);
-  if (invalid) throw new UsageError(`Invalid --name: ${invalid}`);
-  const service = parseChoice("service", flags.service, TCP_SERVICES);
-  const dataFile = flags.data === undefined ? undefined : String(flags.data);
+  const flags = parseFlags(args, FLAGS, 0);
+  const service = flags.service as ServerArgs["service"];
+  const dataFile = flags.data as string | undefined;
   if (dataFile !== undefined && service !== "inventory") {
     throw new UsageError("--data goes with --service inventory");
   }
   if (dataFile === "") throw new UsageError("--data needs a file name");
-  const certFile = flags["tls-cert"] as string | undefined;
-  const keyFile = flags["tls-key"] as string | undefined;
+  const [certFile, keyFile] = [
+    flags["tls-cert"],
+    flags["tls-key"],
+  ] as (string | undefined)[];
   if ((certFile === undefined) !== (keyFile === undefined)) {
     throw new UsageError("--tls-cert and --tls-key go together");
   }
+  const limits: Partial<ServerOptions> = {};
+  for (const [flag, option] of Object.entries(LIMIT_OPTIONS)) {
+    if (flags[flag] !== undefined) limits[option] = flags[flag] as number;
+  }
+  if (flags["idle-timeout"] !== undefined) {
+    limits.idleTimeoutMs = (flags["idle-timeout"] as number) * 1000;
+  }
   return {
-    help: flags.help === true,
+    help: flags.help,
     service,
-    port: parsePort(flags.port),
-    host: String(flags.host),
-    operatorName,
+    port: flags.port as number,
+    host: flags.host as string,
+    operatorName: nameFlag(flags.name),
     iterative: flags.iterative === true,
     quiet: flags.quiet === true,
     dataFile,
     tlsFiles: certFile && keyFile ? { certFile, keyFile } : undefined,
     password: passwordFrom(flags.password),
-    ...parseLimits(flags),
+    tracing: flags.trace === true,
+    ...limits,
   };
-}
-
-/** The limit flags: each option's name, and the flag's unit and range. */
-const LIMIT_FLAGS = {
-  "max-line": { option: "maxLineBytes", min: 16, max: 1 << 24, scale: 1 },
-  "max-pending": {
-    option: "maxPendingBytes",
-    min: 1024,
-    max: 1 << 30,
-    scale: 1,
-  },
-  "max-clients": { option: "maxClients", min: 1, max: 1_000_000, scale: 1 },
-  "rate-limit": { option: "rateLimit", min: 0, max: 1_000_000, scale: 1 },
-  burst: { option: "burst", min: 1, max: 1_000_000, scale: 1 },
-  "idle-timeout": { option: "idleTimeoutMs", min: 0, max: 86_400, scale: 1000 },
-} as const;
-
-/** Reads the limit flags given; the others keep their defaults. */
-function parseLimits(flags: ParsedFlags): Partial<typeof LIMITS> {
-  const limits: Partial<Record<keyof typeof LIMITS, number>> = {};
-  for (
-    const [flag, { option, min, max, scale }] of Object.entries(LIMIT_FLAGS)
-  ) {
-    if (flags[flag] === undefined) continue;
-    const whole = scale === 1;
-    limits[option] = parseNumberFlag(flag, flags[flag], { min, max, whole }) *
-      scale;
-  }
-  return limits;
-}
-
-/** What server.ts was asked to do. */
-export interface ServerArgs extends Partial<typeof LIMITS> {
-  help: boolean;
-  service: typeof TCP_SERVICES[number];
-  host: string;
-  port: number;
-  operatorName: string;
-  iterative: boolean;
-  quiet: boolean;
-  dataFile?: string;
-  tlsFiles?: { certFile: string; keyFile: string };
-  password?: string;
 }
 
 /** The banner: where the server listens and how others can connect. */
 export function bannerLines(server: ChatServer | InventoryServer): string[] {
   const { hostname, port } = server.addr;
-  const mode = server.options.iterative
-    ? "iterative: one client at a time"
-    : "concurrent: every client at once";
+  const { iterative, tls, password, operatorName, dataFile } = server.options;
   const inventory = server instanceof InventoryServer;
-  const flags = `${port === DEFAULT_PORT ? "" : ` --port ${port}`}${
-    inventory ? " --service inventory" : ""
-  }`;
-  const title = inventory ? "inventory service" : "chat server";
-  const { tls, password } = server.options;
+  const flags = (port === DEFAULT_PORT ? "" : ` --port ${port}`) +
+    (inventory ? " --service inventory" : "");
   const clientFlags = tls ? `${flags} --tls --ca CERT.pem` : flags;
-  const ncCommand = (address: string) =>
+  const raw = (address: string) =>
     tls
       ? `openssl s_client -quiet -connect ${address}:${port}`
       : `nc ${address} ${port}`;
+  const mode = iterative
+    ? "iterative: one client at a time"
+    : "concurrent: every client at once";
+  const title = inventory ? "inventory service" : "chat server";
   return [
-    `socklab ${title} (${mode}) listening on ${hostname}:${port}` +
-    (tls ? ", with TLS" : ""),
+    `socklab ${title} (${mode}) listening on ${hostname}:${port}${
+      tls ? ", with TLS" : ""
+    }`,
     ...connectionHints(
       hostname,
       (address) =>
         `deno run -A client.ts ${address}${clientFlags}    or    ${
-          ncCommand(address)
+          raw(address)
         }`,
     ),
     ...(password
       ? ["A password is set: clients must send /auth PASSWORD first."]
       : []),
-    server instanceof InventoryServer
-      ? inventoryStorageLine(server.options.dataFile)
-      : `Type here to chat as "${server.options.operatorName}"; /who, /kick NAME, /quit. Ctrl-C stops the server.`,
+    !inventory
+      ? `Type here to chat as "${operatorName}"; /who, /kick NAME, /quit. Ctrl-C stops the server.`
+      : dataFile
+      ? `The stock is kept in "${dataFile}", saved after every change. Ctrl-C stops the server.`
+      : "The stock lives in memory and is lost when the server stops (--data FILE keeps it). Ctrl-C stops the server.",
   ];
-}
-
-function inventoryStorageLine(dataFile?: string): string {
-  return dataFile
-    ? `The stock is kept in "${dataFile}", saved after every change. Ctrl-C stops the server.`
-    : "The stock lives in memory and is lost when the server stops (--data FILE keeps it). Ctrl-C stops the server.";
-}
-
-/**
- * Feeds the lines typed at the console to the server until input ends.
- * Ctrl-C on a raw terminal arrives as a key: it stops the server.
- */
-async function readConsole(terminal: LineConsole, server: ChatServer) {
-  const ending = await terminal.readLines((line) => server.operatorSays(line));
-  if (ending === "interrupt") return server.stop();
-  terminal.print(`${clockTime()} console input ended; the server goes on`);
 }
 
 /** Reads the certificate and key files, or exits with a clear message. */
 async function readTlsFiles(
   { certFile, keyFile }: { certFile: string; keyFile: string },
-): Promise<{ cert: string; key: string }> {
+): Promise<TlsFiles> {
   const read = async (file: string) => {
     try {
       return await Deno.readTextFile(file);
@@ -1894,17 +1265,17 @@ async function readTlsFiles(
 }
 
 async function main(): Promise<void> {
-  const options = argsOrExit(parseServerArgs, USAGE);
-  // The chat's operator types into the console; the inventory has none.
-  const terminal = options.service === "chat" ? new LineConsole() : undefined;
-  const print = (line: string) =>
-    terminal ? terminal.print(line) : console.log(line);
-  const tls = options.tlsFiles && await readTlsFiles(options.tlsFiles);
+  const { tlsFiles, tracing, ...options } = argsOrExit(parseServerArgs, USAGE);
+  const terminal = new LineConsole();
+  const print = (line: string) => terminal.print(line);
+  const trace = tracing ? (step: string) => print(logLine(step)) : undefined;
+  const tls = tlsFiles && await readTlsFiles(tlsFiles);
   let server;
   try {
+    const full = { ...options, tls, print, trace };
     server = options.service === "chat"
-      ? ChatServer.start({ ...options, tls, print })
-      : await InventoryServer.start({ ...options, tls, print });
+      ? ChatServer.start(full)
+      : await InventoryServer.start(full);
   } catch (error) {
     console.error(
       error instanceof DataFileError
@@ -1917,11 +1288,25 @@ async function main(): Promise<void> {
   }
   // Ready for Ctrl-C before the banner tells anyone the server is up.
   onStopSignals(() => server.stop());
+  terminal.onInterrupt = () => server.stop();
+  trace?.(
+    `listen ${
+      addressText(server.addr)
+    }: the kernel now queues connecting clients`,
+  );
   bannerLines(server).forEach(print);
-  if (terminal && server instanceof ChatServer) readConsole(terminal, server);
+  if (server instanceof ChatServer) {
+    // The operator types into the console; when input ends, the server goes on.
+    const chat = server;
+    terminal.readLines((line) => chat.operatorSays(line))
+      .then(() =>
+        chat.stopping ||
+        print(logLine("console input ended; the server goes on"))
+      );
+  }
   await server.finished;
   await server.stop();
-  terminal?.restore();
+  terminal.close();
   Deno.exit(0);
 }
 

@@ -1,62 +1,392 @@
-#!/usr/bin/env -S deno run --allow-net --allow-sys=networkInterfaces --unstable-net
+#!/usr/bin/env -S deno run --allow-net --allow-sys=networkInterfaces --allow-env=SOCKLAB_PASSWORD
 /**
- * socklab UDP server: a group chat relay, the "month of the year" service,
- * or an echo service, on one UDP socket. UDP has no connections: each
- * datagram arrives alone, with the address it came from, and may be lost
- * or reordered. `--drop` and `--delay` make that visible on demand.
+ * socklab UDP server: a chat relay, the month service or echo. The lab's
+ * steps, in this file's order: create a UDP socket and bind it (no listen,
+ * no accept), receive from, send to, close. `--trace` prints each step;
+ * `--drop` and `--delay` show what UDP does not guarantee.
  *
  * ```sh
- * deno run -A udp_server.ts [--port 9999] [--service chat|month|echo] [--drop 0.2] [--delay 500]
+ * deno run -A udp_server.ts [--port 9999] [--service chat|month|echo] [--trace]
+ * deno run -A udp_server.ts --service month --drop 0.3 --delay 500 --seed 1
+ * nc -u 127.0.0.1 9999
  * ```
  *
  * @module
  */
 
 import {
+  addressText,
   argsOrExit,
+  ChatRoom,
   cleanText,
-  clockTime,
   connectionHints,
   DEFAULT_PORT,
   encodeLine,
   errorLine,
-  messageLine,
-  nameKey,
-  nameProblem,
+  type FlagRow,
+  logLine,
   networkReason,
   noticeLine,
   onStopSignals,
   parseChatInput,
-  parseChoice,
   parseFlags,
-  parseNumberFlag,
-  parsePort,
   passwordFrom,
   passwordMatches,
+  RateLimit,
   requireUdp,
+  type RoomOutput,
+  SAYS,
   splitFirstWord,
   Stoppable,
-  TokenBucket,
-  UDP_SERVICES,
-  type UdpService,
-  wholeFlag,
+  sweepIdle,
+  type Trace,
 } from "./shared.ts";
 
+const SERVICES = ["chat", "month", "echo"] as const;
+
+/** How a UDP server runs. Its defaults are the flag table's (FLAGS). */
+export interface UdpServerOptions {
+  host: string; // the address to listen on; "0.0.0.0" is every interface
+  port: number; // 0 picks a free one
+  service: typeof SERVICES[number];
+  peerTimeoutMs: number; // chat peers silent this long are dropped
+  maxDatagram: number; // the longest datagram accepted, in bytes
+  dropRate: number; // --drop: the probability an incoming datagram is lost
+  maxDelayMs: number; // --delay: each reply waits up to this long, at random
+  seed?: number; // makes drops and delays the same in every run
+  password?: string; // chat: peers join with /join NAME PASSWORD
+  maxPeers: number; // chat: peers at once
+  rateLimit: number; // datagrams a second from each address; 0 is no limit
+  burst: number; // datagrams at once above the rate
+  trace: boolean; // log each socket step: bind, recvfrom, sendto, close
+  print: (line: string) => void; // prints one log line
+}
+
+/** A chat peer: a name at an address, and when it was last heard. */
+type Peer = { name: string; address: Deno.NetAddr; lastHeard: number };
+
+/** An address that sent a datagram: its rate limit, if it asked a month. */
+interface Sender {
+  address: Deno.NetAddr;
+  key: string; // HOST:PORT
+  limit?: RateLimit;
+  asked: boolean;
+}
+
+/** A running UDP server. */
+export class UdpServer extends Stoppable {
+  static readonly #utf8 = new TextDecoder("utf-8", { fatal: true });
+  /** Settles when the receive loop has ended. */
+  readonly finished: Promise<void>;
+  readonly #trace: Trace;
+  readonly #peers = new Map<string, Peer>(); // chat peers, by HOST:PORT
+  readonly #room: ChatRoom<Peer>;
+  readonly #senders = new Map<string, Sender>();
+  readonly #random: () => number;
+  readonly #delayed = new Set<ReturnType<typeof setTimeout>>();
+  readonly #sweeper?: ReturnType<typeof setInterval>;
+
+  /** Creates the socket, binds it, and starts receiving. */
+  static start(options: Partial<UdpServerOptions> = {}): UdpServer {
+    // The defaults are the flag table's, so they are written once.
+    const full: UdpServerOptions = {
+      ...optionsFrom(parseFlags([], FLAGS)),
+      print: (line) => console.log(line),
+      ...options,
+    };
+    // Create a UDP socket and bind it to the port: there is no listen and
+    // no accept; datagrams sent to this port now wait for receive().
+    const { host: hostname, port } = full;
+    const socket = Deno.listenDatagram({ hostname, port, transport: "udp" });
+    const server = new UdpServer(full, socket);
+    server.#trace?.(`bind ${addressText(socket.addr)}`);
+    return server;
+  }
+
+  private constructor(
+    readonly options: UdpServerOptions,
+    readonly socket: Deno.DatagramConn,
+  ) {
+    super();
+    this.#trace = options.trace ? (step) => this.#log(step) : undefined;
+    this.#room = new ChatRoom(this.#roomOutput(), {
+      mode: "a UDP group chat: each datagram you send goes to everyone",
+      moreHelp: [
+        `  /join NAME${options.password ? " PASSWORD" : ""}  join the chat`,
+        "  /ping            check that the server hears you (* pong)",
+      ],
+    });
+    const { seed } = options;
+    this.#random = seed === undefined ? Math.random : seededRandom(seed);
+    const peers = () => this.#peers.values();
+    const timedOut = (peer: Peer) => this.#drop(peer, "timed out");
+    if (options.service === "chat") {
+      this.#sweeper = sweepIdle(options.peerTimeoutMs, peers, timedOut);
+    }
+    this.finished = this.#receiveLoop();
+  }
+
+  /** The address actually bound (port 0 becomes a real port). */
+  get addr(): Deno.NetAddr {
+    return this.socket.addr as Deno.NetAddr;
+  }
+
+  /** The names of the chat's peers. */
+  get names(): string[] {
+    return [...this.#room.members.values()].map((peer) => peer.name);
+  }
+
+  async #receiveLoop(): Promise<void> {
+    // One byte over the limit tells a datagram that is too long. Reused:
+    // what outlives a turn of the loop is copied.
+    const buffer = new Uint8Array(this.options.maxDatagram + 1);
+    while (!this.stopping) {
+      let datagram, from;
+      try {
+        // Receive: one whole datagram and the address it came from.
+        [datagram, from] = await this.socket.receive(buffer);
+      } catch (error) {
+        if (this.stopping) return;
+        // Windows reports here an ICMP "port unreachable": a peer is gone.
+        this.#log(`receive failed: ${networkReason(error)}`);
+        continue;
+      }
+      this.#trace?.(`recvfrom ${addressText(from)}: ${datagram.length} bytes`);
+      this.#handle(datagram, from as Deno.NetAddr);
+    }
+  }
+
+  /** Checks a datagram, then hands it to the service. */
+  #handle(datagram: Uint8Array, from: Deno.NetAddr): void {
+    const sender = this.#sender(from), { key } = sender;
+    if (this.#lost(key) || !this.#withinRateLimit(sender)) return;
+    if (datagram.length > this.options.maxDatagram) {
+      this.#log(`datagram from ${key} too long`);
+      const most = `${this.options.maxDatagram} bytes at most`;
+      return this.#error(from, `datagram too long: ${most}`);
+    }
+    let text;
+    try {
+      text = UdpServer.#utf8.decode(datagram); // fatal: the peer is told
+    } catch {
+      this.#log(`datagram from ${key} is not UTF-8 text`);
+      return this.#error(from, "datagram is not valid UTF-8 text");
+    }
+    switch (this.options.service) {
+      case "echo":
+        return this.#send(from, datagram.slice());
+      case "month":
+        return this.#answerMonth(sender, text);
+      case "chat":
+        // A datagram usually holds one line; each of several goes in turn.
+        for (const line of text.split(/\r\n?|\n/)) this.#chatLine(sender, line);
+    }
+  }
+
+  #answerMonth(sender: Sender, text: string): void {
+    const request = text.trim();
+    const answer = monthAnswer(request, !sender.asked);
+    sender.asked = true;
+    const asked = cleanText(request).slice(0, 40); // the log stays short
+    this.#log(`${sender.key} asked "${asked}": ${answer}`);
+    this.#send(sender.address, answer);
+  }
+
+  /**
+   * One chat line. UDP's own commands, `/join` and `/ping`, are answered
+   * here; the room has the rules for the rest. A stranger that sends
+   * anything else joins as a guest, so `nc -u` works without a /join.
+   */
+  #chatLine(sender: Sender, line: string): void {
+    const { address: from, key } = sender;
+    const input = parseChatInput(line);
+    if (input.kind === "empty") return;
+    const peer = this.#peers.get(key);
+    if (peer) peer.lastHeard = performance.now();
+    const [command, rest] = input.kind === "command"
+      ? [input.command, input.rest]
+      : ["", ""];
+    if (command === "/ping") return this.#send(from, SAYS.pong);
+    if (command === "/join") {
+      if (!peer) return this.#joinAs(sender, rest);
+      const already = `you already joined as ${peer.name}`;
+      return this.#error(from, `${already} (/nick NAME changes it)`);
+    }
+    if (peer) return this.#room.handle(peer, line);
+    // Leaving before joining: joining only to leave would tell everyone.
+    if (/^\/(quit|leave)$/.test(command)) return this.#send(from, SAYS.bye);
+    if (this.options.password) return this.#error(from, SAYS.joinFirst);
+    const guest = this.#join(sender);
+    if (guest) this.#room.handle(guest, line);
+  }
+
+  /** `/join NAME`, or `/join NAME PASSWORD` when the chat has one. */
+  #joinAs(sender: Sender, rest: string): void {
+    const { password } = this.options;
+    const [name, given] = password ? splitFirstWord(rest) : [rest, ""];
+    const problem = name === ""
+      ? `usage: /join NAME${password ? " PASSWORD" : ""}`
+      : this.#room.nameProblem(name);
+    if (problem) return this.#error(sender.address, problem);
+    if (password && !this.#passwordAccepted(sender, given)) return;
+    this.#join(sender, name);
+  }
+
+  /** Lets a peer into the room, as `name` or a guest, unless it is full. */
+  #join({ address, key }: Sender, name?: string): Peer | undefined {
+    if (this.#peers.size >= this.options.maxPeers) {
+      this.#log(`refused ${key}: chat full`);
+      return void this.#error(address, "chat full");
+    }
+    const peer = { name: "", address, lastHeard: performance.now() };
+    this.#peers.set(key, peer);
+    this.#room.join(peer, name);
+    return peer;
+  }
+
+  /** The peer has gone: it left, or it timed out. */
+  #drop(peer: Peer, reason: string): void {
+    this.#peers.delete(addressText(peer.address));
+    this.#room.leave(peer, reason);
+  }
+
+  /** Where the room's lines go: one datagram per line, per peer. */
+  #roomOutput(): RoomOutput<Peer> {
+    return {
+      send: (peer, line) => this.#send(peer.address, line),
+      broadcast: (line, except) => {
+        const datagram = encodeLine(line); // encoded once for everyone
+        for (const peer of this.#peers.values()) {
+          if (peer !== except) this.#send(peer.address, datagram);
+        }
+      },
+      quit: (peer) => this.#drop(peer, "quit"),
+      show: (line) => this.options.print(line),
+      log: (text) => this.#log(text),
+    };
+  }
+
+  #error(to: Deno.NetAddr, text: string): void {
+    this.#send(to, errorLine(text));
+  }
+
+  /** Sends a line (or bytes) as one datagram, after the --delay if any. */
+  #send(to: Deno.NetAddr, message: string | Uint8Array): void {
+    const datagram = typeof message === "string"
+      ? encodeLine(message)
+      : message;
+    const delay = this.#delayFor(to);
+    if (delay === 0) return void this.#sendNow(to, datagram);
+    const timer = setTimeout(() => {
+      this.#delayed.delete(timer);
+      this.#sendNow(to, datagram);
+    }, delay);
+    this.#delayed.add(timer);
+  }
+
+  async #sendNow(to: Deno.NetAddr, datagram: Uint8Array): Promise<void> {
+    try {
+      this.#trace?.(`sendto ${addressText(to)}: ${datagram.length} bytes`);
+      // Send: one datagram to one address; it may never arrive.
+      await this.socket.send(datagram, to);
+    } catch (error) {
+      // A peer that has gone costs one log line, never the receive loop.
+      if (this.stopping) return;
+      this.#log(`cannot send to ${addressText(to)}: ${networkReason(error)}`);
+    }
+  }
+
+  /** Tells the chat's peers, then closes the socket. */
+  protected override async shutDown(): Promise<void> {
+    this.#log("shutting down");
+    clearInterval(this.#sweeper);
+    this.#delayed.forEach((timer) => clearTimeout(timer));
+    const goodbye = encodeLine(SAYS.shuttingDown);
+    const peers = [...this.#peers.values()];
+    await Promise.all(
+      peers.map((peer) => this.#sendNow(peer.address, goodbye)),
+    );
+    // Close: release the port; the pending receive ends with an error.
+    this.#trace?.("close");
+    this.socket.close();
+    await this.finished;
+    this.#log("stopped");
+  }
+
+  #log(text: string): void {
+    this.options.print(logLine(text));
+  }
+
+  // -------------------------------------------------------------------------
+  // Beyond the lab: rate limits, the password, --drop and --delay
+  // -------------------------------------------------------------------------
+
+  /** What is known of an address: 10 000 are kept, the oldest forgotten. */
+  #sender(from: Deno.NetAddr): Sender {
+    const key = addressText(from);
+    let sender = this.#senders.get(key);
+    if (sender) return sender;
+    if (this.#senders.size >= 10_000) {
+      this.#senders.delete(this.#senders.keys().next().value!);
+    }
+    const { rateLimit, burst } = this.options;
+    const limit = rateLimit > 0 ? new RateLimit(rateLimit, burst) : undefined;
+    this.#senders.set(
+      key,
+      sender = { address: from, key, limit, asked: false },
+    );
+    return sender;
+  }
+
+  /** False when the datagram is over the limit and dropped. */
+  #withinRateLimit(sender: Sender): boolean {
+    const verdict = sender.limit?.check() ?? "pass";
+    if (verdict === "pass") return true;
+    // UDP has no connection to close: a flood is only dropped.
+    if (verdict === "warn") {
+      this.#log(
+        `${sender.key} is over the rate limit: datagrams dropped`,
+      );
+      const most = `at most ${this.options.rateLimit} datagrams a second`;
+      this.#error(sender.address, `slow down: ${most}; the rest are dropped`);
+    }
+    return false;
+  }
+
+  /** Checks a /join's password (never logged): false when refused. */
+  #passwordAccepted(sender: Sender, given: string): boolean {
+    if (given && passwordMatches(given, this.options.password!)) return true;
+    if (given !== "") this.#log(`${sender.key} sent a wrong password`);
+    this.#error(sender.address, given ? SAYS.wrongPassword : SAYS.joinFirst);
+    return false;
+  }
+
+  /** --drop: is this incoming datagram lost, as on a bad network? */
+  #lost(key: string): boolean {
+    const { dropRate } = this.options;
+    if (dropRate <= 0 || this.#random() >= dropRate) return false;
+    this.#log(`dropped a datagram from ${key} (--drop)`);
+    return true;
+  }
+
+  /** --delay: how long to hold a reply, at random (0: send it now). */
+  #delayFor(to: Deno.NetAddr): number {
+    if (this.options.maxDelayMs <= 0) return 0;
+    const delay = Math.floor(this.#random() * this.options.maxDelayMs);
+    const where = addressText(to);
+    this.#log(`delaying a reply to ${where} by ${delay} ms (--delay)`);
+    return delay;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The month service's rule, without sockets
+// ---------------------------------------------------------------------------
+
 /** The names of the months, for the month service. */
-export const MONTHS = [
-  "January",
-  "February",
-  "March",
-  "April",
-  "May",
-  "June",
-  "July",
-  "August",
-  "September",
-  "October",
-  "November",
-  "December",
-];
+export const MONTHS =
+  "January February March April May June July August September October November December"
+    .split(" ");
 
 /** The month service's answer to anything but a number from 0 to 12. */
 export const MONTH_ERROR = errorLine(
@@ -69,14 +399,54 @@ export const MONTH_INTRO = noticeLine(
     '(3 gets "3: March"); 0 ends',
 );
 
-/** How many peers the month service remembers having seen. */
-const MAX_REMEMBERED_PEERS = 10_000;
+// Text that reads as a number, whole or not: "-1", "2.5", "1e3".
+const NUMBER_LIKE = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
 
-/** A peer's rate limit, and when it was last warned. */
-interface PeerRate {
-  bucket: TokenBucket;
-  warnedAt: number;
+/**
+ * The month service's answer: `N: Month` for 1 to 12, `bye` for 0, the
+ * intro for a first request that is words (a greeting), else an error.
+ */
+export function monthAnswer(request: string, firstTime: boolean): string {
+  if (/^\d+$/.test(request)) {
+    // A 400-digit number becomes Infinity here: out of range, not a crash.
+    const number = Number(request);
+    if (number === 0) return "bye";
+    if (number >= 1 && number <= 12) return `${number}: ${MONTHS[number - 1]}`;
+  }
+  const words = request !== "" && !NUMBER_LIKE.test(request);
+  return firstTime && words ? MONTH_INTRO : MONTH_ERROR;
 }
+
+/** A seeded random number generator (mulberry32): `--seed` repeats runs. */
+export function seededRandom(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let mixed = Math.imul(state ^ (state >>> 15), state | 1);
+    mixed ^= mixed + Math.imul(mixed ^ (mixed >>> 7), mixed | 61);
+    return ((mixed ^ (mixed >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+// ---------------------------------------------------------------------------
+// The program: flags, usage, banner, main
+// ---------------------------------------------------------------------------
+
+const FLAGS: Record<string, FlagRow> = {
+  port: { short: "p", port: true, default: String(DEFAULT_PORT) },
+  host: { default: "0.0.0.0" },
+  service: { short: "s", choices: SERVICES, default: "chat" },
+  "peer-timeout": { range: [0.1, 86_400, "number"], default: "60" },
+  "max-datagram": { range: [1, 65_507], default: "1200" },
+  drop: { range: [0, 1, "number"], default: "0" },
+  delay: { range: [0, 60_000], default: "0" },
+  seed: { range: [0, 2 ** 32 - 1] },
+  password: {},
+  "max-peers": { range: [1, 1_000_000], default: "1000" },
+  "rate-limit": { range: [0, 1_000_000], default: "20" },
+  burst: { range: [1, 1_000_000], default: "40" },
+  trace: { on: true },
+};
 
 const USAGE = `socklab UDP server: chat relay, month service, echo
 
@@ -98,572 +468,40 @@ OPTIONS:
       --max-peers <N>          Chat: peers at once (default 1000)
       --rate-limit <N>         Datagrams a second per peer; 0 is no limit (default 20)
       --burst <N>              Datagrams at once above the rate (default 40)
+      --trace                  Log each socket step: bind, recvfrom, sendto, close
   -h, --help                   Show this help
 
 SERVICES:
-  chat    "/join NAME", then each datagram goes to every other peer as <NAME> text;
-          /who, /nick NAME, /ping, /leave, /help. A peer that sends text without
-          joining is joined as HOST:PORT, so "nc -u HOST PORT" works.
-  month   "3" gets "3: March"; "0" gets "bye"; anything else gets an error.
-  echo    Every datagram is sent back unchanged.`;
+  chat    "/join NAME" (or any text: guest-N), then each datagram goes to everyone
+  month   "3" gets "3: March"; "0" gets "bye"; anything else gets an error
+  echo    Every datagram is sent back unchanged`;
 
-/** How a UDP server runs. */
-export interface UdpServerOptions {
-  /** Address to listen on. @default "0.0.0.0" */
-  host: string;
-  /** Port to listen on; 0 picks a free one. @default 9999 */
-  port: number;
-  /** The service. @default "chat" */
-  service: UdpService;
-  /** Chat peers silent this long are dropped. @default 60000 */
-  peerTimeoutMs: number;
-  /** The longest datagram accepted, in bytes. @default 1200 */
-  maxDatagram: number;
-  /** The probability that an incoming datagram is dropped. @default 0 */
-  dropRate: number;
-  /** Each reply is delayed by up to this many milliseconds. @default 0 */
-  maxDelayMs: number;
-  /** Seeds the random choices of drop and delay, to repeat them. */
-  seed?: number;
-  /** Chat: the password peers must give with /join NAME PASSWORD. */
-  password?: string;
-  /** Chat: peers at once. @default 1000 */
-  maxPeers: number;
-  /** Datagrams a second each peer may send; 0 is no limit. @default 20 */
-  rateLimit: number;
-  /** Datagrams a peer may send at once above the rate. @default 40 */
-  burst: number;
-  /** Prints one log line. */
-  print: (line: string) => void;
-}
-
-/** A chat peer: a name at an address. */
-interface Peer {
-  name: string;
-  address: Deno.NetAddr;
-  lastHeard: number;
-}
-
-/** A running UDP server. */
-export class UdpServer extends Stoppable {
-  readonly options: UdpServerOptions;
-  readonly socket: Deno.DatagramConn;
-  /** Settles when the receive loop has ended. */
-  readonly finished: Promise<void>;
-  #random: () => number;
-  #peers = new Map<string, Peer>();
-  #seenPeers = new Set<string>();
-  #rates = new Map<string, PeerRate>();
-  #delayedReplies = new Set<ReturnType<typeof setTimeout>>();
-  #sweeper?: ReturnType<typeof setInterval>;
-  #decoder = new TextDecoder("utf-8", { fatal: true });
-
-  private constructor(options: UdpServerOptions, socket: Deno.DatagramConn) {
-    super();
-    this.options = options;
-    this.socket = socket;
-    this.#random = options.seed === undefined
-      ? Math.random
-      : seededRandom(options.seed);
-    if (options.service === "chat") {
-      const every = Math.min(1000, Math.max(50, options.peerTimeoutMs / 4));
-      this.#sweeper = setInterval(() => this.#dropSilentPeers(), every);
-    }
-    this.finished = this.#receiveLoop();
-  }
-
-  /** Creates the socket and binds it: UDP has no listen and no accept. */
-  static start(options: Partial<UdpServerOptions> = {}): UdpServer {
-    const full: UdpServerOptions = {
-      host: "0.0.0.0",
-      port: DEFAULT_PORT,
-      service: "chat",
-      peerTimeoutMs: 60_000,
-      maxDatagram: 1200,
-      dropRate: 0,
-      maxDelayMs: 0,
-      maxPeers: 1000,
-      rateLimit: 20,
-      burst: 40,
-      print: (line) => console.log(line),
-      ...options,
-    };
-    // Create and bind: from now on, datagrams to this port are queued.
-    const socket = Deno.listenDatagram({
-      hostname: full.host,
-      port: full.port,
-      transport: "udp",
-    });
-    return new UdpServer(full, socket);
-  }
-
-  /** The address actually bound (port 0 becomes a real port). */
-  get addr(): Deno.NetAddr {
-    return this.socket.addr as Deno.NetAddr;
-  }
-
-  /** The names of the chat's peers. */
-  get names(): string[] {
-    return [...this.#peers.values()].map((peer) => peer.name);
-  }
-
-  // -------------------------------------------------------------------------
-  // Receive: one datagram at a time, from anyone
-  // -------------------------------------------------------------------------
-
-  async #receiveLoop(): Promise<void> {
-    while (!this.stopping) {
-      // One byte more than the limit, to tell a datagram that is too long.
-      const buffer = new Uint8Array(this.options.maxDatagram + 1);
-      let datagram: Uint8Array;
-      let from: Deno.NetAddr;
-      try {
-        // Receive: one whole datagram, and the address it came from.
-        const [data, address] = await this.socket.receive(buffer);
-        datagram = data;
-        from = address as Deno.NetAddr;
-      } catch (error) {
-        if (this.stopping) return;
-        // Windows reports here that an earlier reply could not be
-        // delivered (ICMP port unreachable): that peer is gone, go on.
-        this.#log(`receive failed: ${networkReason(error)}`);
-        continue;
-      }
-      this.#handleDatagram(datagram, from);
-    }
-  }
-
-  #handleDatagram(datagram: Uint8Array, from: Deno.NetAddr): void {
-    const peer = addressKey(from);
-    if (this.options.dropRate > 0 && this.#random() < this.options.dropRate) {
-      this.#log(`dropped a datagram from ${peer} (--drop)`);
-      return;
-    }
-    if (!this.#withinRateLimit(from)) return;
-    if (datagram.length > this.options.maxDatagram) {
-      this.#log(`datagram from ${peer} too long`);
-      return this.#reply(
-        from,
-        errorLine(
-          `datagram too long: ${this.options.maxDatagram} bytes at most`,
-        ),
-      );
-    }
-    let text;
-    try {
-      text = this.#decoder.decode(datagram);
-    } catch {
-      this.#log(`datagram from ${peer} is not UTF-8 text`);
-      return this.#reply(from, errorLine("datagram is not valid UTF-8 text"));
-    }
-    switch (this.options.service) {
-      case "echo":
-        return this.#reply(from, datagram.slice());
-      case "month":
-        return this.#answerMonth(from, text);
-      case "chat":
-        return this.#chat(from, text);
-    }
-  }
-
-  /**
-   * Applies the per-peer rate limit: false when the datagram is dropped.
-   * A peer over the limit is told so at most once a second.
-   */
-  #withinRateLimit(from: Deno.NetAddr): boolean {
-    const { rateLimit, burst } = this.options;
-    if (rateLimit <= 0) return true;
-    const key = addressKey(from);
-    let rate = this.#rates.get(key);
-    if (!rate) {
-      // Remember a bounded number of peers: forget the oldest.
-      if (this.#rates.size >= MAX_REMEMBERED_PEERS) {
-        this.#rates.delete(this.#rates.keys().next().value!);
-      }
-      rate = { bucket: new TokenBucket(rateLimit, burst), warnedAt: -Infinity };
-      this.#rates.set(key, rate);
-    }
-    const now = performance.now();
-    if (rate.bucket.take(now)) return true;
-    if (now - rate.warnedAt > 1000) {
-      rate.warnedAt = now;
-      this.#log(`${key} is over the rate limit: datagrams dropped`);
-      this.#reply(
-        from,
-        errorLine(
-          `slow down: at most ${rateLimit} datagrams a second; the rest are dropped`,
-        ),
-      );
-    }
-    return false;
-  }
-
-  // -------------------------------------------------------------------------
-  // The month service
-  // -------------------------------------------------------------------------
-
-  #answerMonth(from: Deno.NetAddr, text: string): void {
-    const request = text.trim();
-    const firstTime = this.#firstTimeFrom(from);
-    const answer = monthAnswer(request, firstTime);
-    this.#log(
-      `${addressKey(from)} asked "${shorten(cleanText(request))}": ${answer}`,
-    );
-    this.#reply(from, answer);
-  }
-
-  /** Remembers peers (a bounded number) to greet the new ones. */
-  #firstTimeFrom(from: Deno.NetAddr): boolean {
-    const key = addressKey(from);
-    if (this.#seenPeers.has(key)) return false;
-    if (this.#seenPeers.size >= MAX_REMEMBERED_PEERS) {
-      const oldest = this.#seenPeers.values().next().value!;
-      this.#seenPeers.delete(oldest);
-    }
-    this.#seenPeers.add(key);
-    return true;
-  }
-
-  // -------------------------------------------------------------------------
-  // The chat relay
-  // -------------------------------------------------------------------------
-
-  #chat(from: Deno.NetAddr, text: string): void {
-    const peer = this.#peers.get(addressKey(from));
-    if (peer) peer.lastHeard = Date.now();
-    // A datagram usually holds one line (nc -u adds a "\n"); it may hold more.
-    for (const line of text.split(/\r\n|\r|\n/)) {
-      this.#chatLine(from, line);
-    }
-  }
-
-  #chatLine(from: Deno.NetAddr, line: string): void {
-    const input = parseChatInput(line);
-    if (input.kind === "empty") return;
-    const peer = this.#peers.get(addressKey(from));
-    if (input.kind === "message") {
-      if (peer) return this.#relay(peer, input.text);
-      if (this.options.password) return this.#reply(from, JOIN_FIRST);
-      const joined = this.#join(from, addressKey(from));
-      if (joined) this.#relay(joined, input.text);
-      return;
-    }
-    const { command, rest } = input;
-    switch (command) {
-      case "/join":
-        if (peer) {
-          return this.#reply(
-            from,
-            errorLine(
-              `you already joined as ${peer.name} (/nick NAME changes it)`,
-            ),
-          );
-        }
-        return this.#joinAs(from, rest);
-      case "/nick":
-        if (peer) return this.#rename(peer, rest);
-        return this.options.password
-          ? this.#reply(from, JOIN_FIRST)
-          : this.#joinAs(from, rest);
-      case "/leave":
-        if (!peer) return this.#reply(from, errorLine("you have not joined"));
-        this.#reply(from, noticeLine("bye"));
-        return this.#leave(peer, "leave");
-      case "/who":
-        return this.#reply(from, this.#whoLine());
-      case "/ping":
-        return this.#reply(from, noticeLine("pong"));
-      case "/help":
-        return UDP_HELP_LINES.forEach((help) => this.#reply(from, help));
-      default:
-        this.#reply(
-          from,
-          errorLine(`unknown command "${command}": /help lists the commands`),
-        );
-    }
-  }
-
-  /** `/join NAME`, or `/join NAME PASSWORD` when the chat has one. */
-  #joinAs(from: Deno.NetAddr, rest: string): void {
-    const [name, password] = this.options.password
-      ? splitFirstWord(rest)
-      : [rest, ""];
-    const problem = this.#nameProblem(name);
-    if (problem) return this.#reply(from, errorLine(problem));
-    if (this.options.password) {
-      if (password === "") return this.#reply(from, JOIN_FIRST);
-      // The password itself is never logged.
-      if (!passwordMatches(password, this.options.password)) {
-        this.#log(`${addressKey(from)} sent a wrong password`);
-        return this.#reply(from, errorLine("wrong password"));
-      }
-    }
-    this.#join(from, name);
-  }
-
-  /** Adds a peer to the chat, unless it is full. */
-  #join(from: Deno.NetAddr, name: string): Peer | undefined {
-    if (this.#peers.size >= this.options.maxPeers) {
-      this.#log(`refused ${addressKey(from)}: chat full`);
-      this.#reply(from, errorLine("chat full"));
-      return undefined;
-    }
-    const peer = { name, address: from, lastHeard: Date.now() };
-    const others = this.names;
-    this.#peers.set(addressKey(from), peer);
-    this.#log(`${name} joined from ${addressKey(from)}`);
-    const chosen = name !== addressKey(from);
-    this.#reply(
-      from,
-      noticeLine(
-        `welcome to socklab UDP chat, ${name}: each datagram you send goes to everyone; /help lists the commands`,
-      ),
-    );
-    this.#reply(from, noticeLine(`online: ${[...others, name].join(", ")}`));
-    if (!chosen) {
-      this.#reply(
-        from,
-        noticeLine(`you are ${name}: pick a name with /nick NAME`),
-      );
-    }
-    this.#broadcast(noticeLine(`${name} joined`), peer);
-    return peer;
-  }
-
-  #nameProblem(name: string, self?: Peer): string | undefined {
-    if (name === "") return "usage: /join NAME";
-    const invalid = nameProblem(name);
-    if (invalid) return invalid;
-    const holder = [...this.#peers.values()].find((peer) =>
-      nameKey(peer.name) === nameKey(name)
-    );
-    if (holder && holder !== self) return `name "${name}" is taken`;
-    return undefined;
-  }
-
-  #rename(peer: Peer, newName: string): void {
-    const problem = this.#nameProblem(newName, peer);
-    if (problem) return this.#reply(peer.address, errorLine(problem));
-    const oldName = peer.name;
-    peer.name = newName;
-    this.#log(`${oldName} is now known as ${newName}`);
-    this.#broadcast(noticeLine(`${oldName} is now known as ${newName}`));
-  }
-
-  #relay(peer: Peer, text: string): void {
-    const line = messageLine(peer.name, text);
-    this.options.print(line);
-    this.#broadcast(line, peer);
-  }
-
-  #whoLine(): string {
-    const names = this.names;
-    return noticeLine(
-      `online (${names.length}): ${names.join(", ") || "no one"}`,
-    );
-  }
-
-  #leave(peer: Peer, reason: "leave" | "timed out"): void {
-    this.#peers.delete(addressKey(peer.address));
-    this.#log(`${peer.name} left (${reason})`);
-    const why = reason === "leave" ? "" : ` (${reason})`;
-    this.#broadcast(noticeLine(`${peer.name} left${why}`));
-  }
-
-  #dropSilentPeers(): void {
-    const oldest = Date.now() - this.options.peerTimeoutMs;
-    for (const peer of [...this.#peers.values()]) {
-      if (peer.lastHeard < oldest) this.#leave(peer, "timed out");
-    }
-  }
-
-  // -------------------------------------------------------------------------
-  // Send: one datagram per reply
-  // -------------------------------------------------------------------------
-
-  #broadcast(line: string, except?: Peer): void {
-    const datagram = encodeLine(line);
-    for (const peer of this.#peers.values()) {
-      if (peer !== except) this.#reply(peer.address, datagram);
-    }
-  }
-
-  /** Sends a datagram (a line, or bytes), after the --delay if any. */
-  #reply(to: Deno.NetAddr, message: string | Uint8Array): void {
-    const datagram = typeof message === "string"
-      ? encodeLine(message)
-      : message;
-    if (this.options.maxDelayMs <= 0) {
-      this.#send(to, datagram);
-      return;
-    }
-    const delay = Math.floor(this.#random() * this.options.maxDelayMs);
-    this.#log(`delaying a reply to ${addressKey(to)} by ${delay} ms (--delay)`);
-    const timer = setTimeout(() => {
-      this.#delayedReplies.delete(timer);
-      this.#send(to, datagram);
-    }, delay);
-    this.#delayedReplies.add(timer);
-  }
-
-  async #send(to: Deno.NetAddr, datagram: Uint8Array): Promise<void> {
-    try {
-      // Send: one datagram, to one address. It may never arrive.
-      await this.socket.send(datagram, to);
-    } catch (error) {
-      // A peer that has gone (or a network that is down) costs one log
-      // line, never the receive loop.
-      if (!this.stopping) {
-        this.#log(`cannot send to ${addressKey(to)}: ${networkReason(error)}`);
-      }
-    }
-  }
-
-  // -------------------------------------------------------------------------
-  // Close
-  // -------------------------------------------------------------------------
-
-  /** Tells the chat's peers, then closes the socket. */
-  protected override async shutDown(): Promise<void> {
-    this.#log("shutting down");
-    clearInterval(this.#sweeper);
-    this.#delayedReplies.forEach((timer) => clearTimeout(timer));
-    const goodbye = encodeLine(noticeLine("server shutting down"));
-    await Promise.all(
-      [...this.#peers.values()].map((peer) =>
-        this.#send(peer.address, goodbye)
-      ),
-    );
-    // Close: release the port; the pending receive ends with an error.
-    this.socket.close();
-    await this.finished;
-    this.#log("stopped");
-  }
-
-  #log(text: string): void {
-    this.options.print(`${clockTime()} ${text}`);
-  }
-}
-
-const JOIN_FIRST = errorLine(
-  "this chat needs a password: /join NAME PASSWORD",
-);
-
-const UDP_HELP_LINES = [
-  "commands:",
-  "  /join NAME    join the chat as NAME",
-  "  /nick NAME    change your name",
-  "  /who          list who is in the chat",
-  "  /ping         check that the server hears you (answer: * pong)",
-  "  /leave        leave the chat",
-  '  //TEXT        send a message that starts with "/"',
-].map(noticeLine);
-
-/**
- * The month service's answer to one request: `N: Month` for 1 to 12,
- * `bye` for 0, the intro for a peer's first request when it is words, not
- * a number (a greeting), and an error for anything else (13, -1, 2.5,
- * abc, an empty datagram, a 400-digit number).
- */
-export function monthAnswer(request: string, firstTime: boolean): string {
-  if (/^\d+$/.test(request)) {
-    // A 400-digit number becomes Infinity here: out of range, not a crash.
-    const number = Number(request);
-    if (number === 0) return "bye";
-    if (number >= 1 && number <= 12) return `${number}: ${MONTHS[number - 1]}`;
-  }
-  const words = request !== "" && !NUMBER_LIKE.test(request);
-  return firstTime && words ? MONTH_INTRO : MONTH_ERROR;
-}
-
-// Text that reads as a number, whole or not: "-1", "2.5", "1e3".
-const NUMBER_LIKE = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
-
-/** `HOST:PORT` of an address. */
-function addressKey(address: Deno.NetAddr): string {
-  return `${address.hostname}:${address.port}`;
-}
-
-function shorten(text: string): string {
-  return text.length > 40 ? text.slice(0, 40) + "..." : text;
-}
-
-/**
- * A small seeded random number generator (mulberry32), so `--seed` makes
- * drops and delays the same in every run.
- */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let mixed = Math.imul(state ^ (state >>> 15), state | 1);
-    mixed ^= mixed + Math.imul(mixed ^ (mixed >>> 7), mixed | 61);
-    return ((mixed ^ (mixed >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-// ---------------------------------------------------------------------------
-// The program
-// ---------------------------------------------------------------------------
-
-/**
- * Reads the UDP server's flags.
- * @throws {UsageError} for a bad flag
- */
+/** Reads the UDP server's flags. @throws {UsageError} for a bad flag */
 export function parseUdpServerArgs(
   args: string[],
 ): Partial<UdpServerOptions> & { help: boolean } {
-  const flags = parseFlags(args, {
-    positionals: 0,
-    string: [
-      "port",
-      "host",
-      "service",
-      "peer-timeout",
-      "max-datagram",
-      "drop",
-      "delay",
-      "seed",
-      "password",
-      "max-peers",
-      "rate-limit",
-      "burst",
-    ],
-    boolean: ["help"],
-    alias: { p: "port", s: "service", h: "help" },
-    default: {
-      port: String(DEFAULT_PORT),
-      host: "0.0.0.0",
-      service: "chat",
-      "peer-timeout": "60",
-      "max-datagram": "1200",
-      drop: "0",
-      delay: "0",
-      "max-peers": "1000",
-      "rate-limit": "20",
-      burst: "40",
-    },
-  });
-  const seconds = parseNumberFlag("peer-timeout", flags["peer-timeout"], {
-    min: 0.1,
-    max: 86_400,
-  });
+  const flags = parseFlags(args, FLAGS, 0);
+  const password = passwordFrom(flags.password);
+  return { ...optionsFrom(flags), password, help: flags.help };
+}
+
+/** The server's options that the flags set (all but the password). */
+function optionsFrom(
+  flags: ReturnType<typeof parseFlags>,
+): Omit<UdpServerOptions, "print"> {
   return {
-    help: flags.help === true,
-    port: parsePort(flags.port),
-    host: String(flags.host),
-    service: parseChoice("service", flags.service, UDP_SERVICES),
-    peerTimeoutMs: Math.round(seconds * 1000),
-    maxDatagram: wholeFlag(flags, "max-datagram", 1, 65_507),
-    dropRate: parseNumberFlag("drop", flags.drop, { min: 0, max: 1 }),
-    maxDelayMs: wholeFlag(flags, "delay", 0, 60_000),
-    password: passwordFrom(flags.password),
-    maxPeers: wholeFlag(flags, "max-peers", 1, 1_000_000),
-    rateLimit: wholeFlag(flags, "rate-limit", 0, 1_000_000),
-    burst: wholeFlag(flags, "burst", 1, 1_000_000),
-    seed: flags.seed === undefined
-      ? undefined
-      : wholeFlag(flags, "seed", 0, 2 ** 32 - 1),
+    port: flags.port as number,
+    host: flags.host as string,
+    service: flags.service as UdpServerOptions["service"],
+    peerTimeoutMs: Math.round((flags["peer-timeout"] as number) * 1000),
+    maxDatagram: flags["max-datagram"] as number,
+    dropRate: flags.drop as number,
+    maxDelayMs: flags.delay as number,
+    seed: flags.seed as number | undefined,
+    maxPeers: flags["max-peers"] as number,
+    rateLimit: flags["rate-limit"] as number,
+    burst: flags.burst as number,
+    trace: flags.trace as boolean,
   };
 }
 
@@ -671,27 +509,22 @@ export function parseUdpServerArgs(
 export function bannerLines(server: UdpServer): string[] {
   const { hostname, port } = server.addr;
   const { service, dropRate, maxDelayMs, seed } = server.options;
-  const flags = `${port === DEFAULT_PORT ? "" : ` --port ${port}`}${
-    service === "chat" ? "" : ` --service ${service}`
-  }`;
-  const lines = [
+  const flags = (port === DEFAULT_PORT ? "" : ` --port ${port}`) +
+    (service === "chat" ? "" : ` --service ${service}`);
+  const reach = (address: string) =>
+    `deno run -A udp_client.ts ${address}${flags}    or    nc -u ${address} ${port}`;
+  const drops = `dropping ${Math.round(dropRate * 100)}% of datagrams`;
+  const delays = `delaying replies by up to ${maxDelayMs} ms`;
+  const seeded = seed === undefined ? "" : ` (seed ${seed})`;
+  const unreliable = dropRate > 0 || maxDelayMs > 0;
+  return [
     `socklab UDP ${service} service listening on ${hostname}:${port}`,
-    ...connectionHints(
-      hostname,
-      (address) =>
-        `deno run -A udp_client.ts ${address}${flags}    or    nc -u ${address} ${port}`,
-    ),
+    ...connectionHints(hostname, reach),
+    ...unreliable
+      ? [`Simulating an unreliable network: ${drops}, ${delays}${seeded}`]
+      : [],
+    "Ctrl-C stops the server.",
   ];
-  if (dropRate > 0 || maxDelayMs > 0) {
-    lines.push(
-      `Simulating an unreliable network: dropping ${
-        Math.round(dropRate * 100)
-      }% of datagrams, delaying replies by up to ${maxDelayMs} ms` +
-        (seed === undefined ? "" : ` (seed ${seed})`),
-    );
-  }
-  lines.push("Ctrl-C stops the server.");
-  return lines;
 }
 
 async function main(): Promise<void> {
@@ -701,11 +534,8 @@ async function main(): Promise<void> {
   try {
     server = UdpServer.start(options);
   } catch (error) {
-    console.error(
-      `Cannot listen on "${options.host}:${options.port}" (UDP): ${
-        networkReason(error)
-      }`,
-    );
+    const where = `${options.host}:${options.port}`;
+    console.error(`Cannot listen on "${where}" (UDP): ${networkReason(error)}`);
     Deno.exit(1);
   }
   // Ready for Ctrl-C before the banner tells anyone the server is up.

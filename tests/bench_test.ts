@@ -40,7 +40,12 @@ Deno.test("deno task bench, small: every message reaches every other client, who
     report.latencyMs.p50 <= report.latencyMs.p99 &&
       report.latencyMs.p99 <= report.latencyMs.max,
   );
-  assertMatch(report.notes[0], /--rate-limit 0 --max-clients 14/);
+  assertEquals(report.connect, "all", "every connection opened at once");
+  assertMatch(report.notes[0], /with its defaults but --rate-limit 0: /);
+  assert(
+    !/--quiet|--max-pending|--max-clients/.test(report.notes[0]),
+    "a small load needs no other flag raised",
+  );
   assertEquals(report.notes.length, 1, "the warm-up arrived in full");
   if (Deno.build.os === "linux") {
     assert(
@@ -66,6 +71,25 @@ Deno.test("deno task bench --rate and --senders pace and limit the senders", asy
   assertEquals(report.delivered, 10);
   assertEquals(report.warmup, 5, "by default the warm-up is the same load");
   assert(report.seconds >= 0.08, "5 messages at 50 a second take about 0.1 s");
+});
+
+Deno.test("deno task bench --connect batched connects 8 at a time, and raises --max-pending only for a burst above it", async () => {
+  const [report] = await benchJson("bench/bench.ts", [
+    "--clients",
+    "2",
+    "--messages",
+    "8000",
+    "--warmup",
+    "0",
+    "--connect",
+    "batched",
+  ]);
+  assertEquals(report.connect, "batched");
+  assertEquals([report.delivered, report.lost], [16000, 0]);
+  assertMatch(
+    report.notes[0],
+    /--rate-limit 0 --max-pending \d+: .*more than the default 1 MiB/,
+  );
 });
 
 Deno.test("deno task bench --iterative serves the clients one at a time", async () => {
@@ -331,6 +355,22 @@ Deno.test("deno task bench: --compare, --rounds and --pin are checked", () => {
   assertThrows(
     () => parseBenchArgs(["--compare", "x", "--rounds", "0"]),
     UsageError,
+  );
+  assertEquals(parseBenchArgs([]).connect, "all");
+  assertEquals(
+    parseBenchArgs(["--compare", "ncat -l {port}"]).connect,
+    "batched",
+    "a relay's backlog may be short",
+  );
+  assertThrows(
+    () => parseBenchArgs(["--connect", "slowly"]),
+    UsageError,
+    'Invalid --connect "slowly": use one of all, batched',
+  );
+  assertThrows(
+    () => parseBenchArgs(["--clients", "1"]),
+    UsageError,
+    'Invalid --clients "1": use a whole number from 2 to 20000',
   );
 });
 

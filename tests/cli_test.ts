@@ -200,7 +200,7 @@ Deno.test("server announces a client whose process is killed", async () => {
   await using room = startServer();
   await using amey = await TestClient.join(room.port, "amey");
   await using client = spawnClient(room.port, "doomed");
-  await amey.lines.waitFor(/known as doomed/);
+  await amey.lines.waitFor(/doomed joined/);
   client.kill("SIGKILL");
   assertEquals((await client.status()).signal, "SIGKILL");
   assertEquals(await amey.lines.waitFor(/left/), "* doomed left");
@@ -212,10 +212,10 @@ Deno.test("server removes a client whose connection is reset (python3, SO_LINGER
   // A peer we did not write: it sends a TCP RST instead of a clean close.
   const python = `
 import socket, struct, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
 s.sendall(b"/nick resetter\\n")
 seen = b""
-while b"known as resetter" not in seen:
+while b"you are resetter" not in seen:
     seen += s.recv(4096)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 s.close()
@@ -232,7 +232,7 @@ Deno.test("client.ts sends piped lines, shows what arrives, and leaves cleanly a
   await using room = startServer();
   await using amey = await TestClient.join(room.port, "amey");
   await using bot = spawnClient(room.port, "bot");
-  await amey.lines.waitFor(/known as bot/);
+  await amey.lines.waitFor(/^\* bot joined$/);
   // Lines arrive while the client has typed nothing: no turn-taking.
   await amey.send("hello bot");
   assertEquals(await bot.stdout.waitFor(/^</), "<amey> hello bot");
@@ -257,6 +257,89 @@ Deno.test("client.ts with no --name and piped input stays a guest", async () => 
   await guest.endInput();
   assertMatch(await amey.lines.waitFor(/^</), /^<guest-\d+> just passing$/);
   assertEquals((await guest.status()).code, 0);
+});
+
+Deno.test("client.ts --name joins under that name with one welcome, no rename", async () => {
+  await using room = startServer();
+  await using amey = await TestClient.join(room.port, "amey");
+  await using kim = spawnClient(room.port, "kim");
+  // The name goes in the first line: the room never sees a guest-N.
+  assertEquals(await amey.next(), "* kim joined");
+  assertEquals(
+    await kim.stdout.waitFor(/^\* you are/),
+    "* you are kim; /help lists the commands",
+  );
+  await kim.type("hello");
+  assertEquals(await amey.next(), "<kim> hello");
+  await kim.endInput();
+  assertEquals(await amey.next(), "* kim left");
+  assertEquals((await kim.status()).code, 0);
+  assertEquals(kim.stdout.all.filter((line) => /welcome/.test(line)).length, 1);
+  assertEquals(kim.stdout.all.filter((line) => /known as/.test(line)), []);
+});
+
+Deno.test("client.ts sends every piped line, in order, then leaves", async () => {
+  // The server's flood limit is off: this bot sends 100 lines at once.
+  await using room = startServer({ rateLimit: 0 });
+  await using amey = await TestClient.join(room.port, "amey");
+  await using bot = spawnClient(room.port, "bot");
+  const lines = Array.from({ length: 100 }, (_, i) => `line ${i + 1}`);
+  for (const line of lines) await bot.type(line);
+  await bot.endInput();
+  await amey.lines.waitFor(/^\* bot joined$/);
+  for (const line of lines) assertEquals(await amey.next(), `<bot> ${line}`);
+  assertEquals(await amey.next(), "* bot left");
+  assertEquals((await bot.status()).code, 0);
+});
+
+Deno.test("client.ts --trace prints each socket step: a line split over reads is kept, then printed whole", async () => {
+  // A server of the test's own, to choose how the bytes are cut.
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr;
+  await using client = Spawned.script("client.ts", [
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "--name",
+    "tr",
+    "--trace",
+  ], { stdin: "piped" });
+  using conn = await listener.accept();
+  const peer = `127.0.0.1:${port}`;
+  assertMatch(
+    await client.stderr.next(),
+    new RegExp(`^connect ${peer} from 127\\.0\\.0\\.1:\\d+$`),
+  );
+  assertEquals(
+    await client.stderr.next(),
+    `write 9 bytes to ${peer} (all sent)`,
+  );
+  const send = (text: string) => conn.write(new TextEncoder().encode(text));
+  // Each piece is sent once the client has read the one before.
+  await send("hel");
+  assertEquals(
+    await client.stderr.next(),
+    `read 3 bytes from ${peer}: 0 whole lines, 3 bytes kept for the next read`,
+  );
+  await send("lo\nwor");
+  assertEquals(
+    await client.stderr.next(),
+    `read 6 bytes from ${peer}: 1 whole line, 3 bytes kept for the next read`,
+  );
+  assertEquals(await client.stdout.next(), "hello");
+  await send("ld\n");
+  assertEquals(
+    await client.stderr.next(),
+    `read 3 bytes from ${peer}: 1 whole line, 0 bytes kept for the next read`,
+  );
+  assertEquals(await client.stdout.next(), "world");
+  conn.close();
+  assertEquals((await client.status()).code, 1);
+  assertEquals(client.stderr.all.slice(-3), [
+    `read end of stream from ${peer}: the server closed`,
+    "close",
+    `The server "${peer}" closed the connection`,
+  ]);
 });
 
 Deno.test("client.ts explains a failed connection in one line and exits 1", async (t) => {
@@ -285,7 +368,7 @@ Deno.test("client.ts says so and exits 1 when the server closes the connection",
   await t.step("kicked", async () => {
     await using room = startServer();
     await using client = spawnClient(room.port, "kim");
-    await room.console.waitFor(/known as kim/);
+    await room.console.waitFor(/ kim joined$/);
     room.server.operatorSays("/kick kim");
     assertEquals((await client.status()).code, 1);
     assertEquals(client.stdout.all.at(-1), "* you were kicked by the operator");
@@ -296,7 +379,7 @@ Deno.test("client.ts says so and exits 1 when the server closes the connection",
   await t.step("server shut down", async () => {
     const room = startServer();
     await using client = spawnClient(room.port, "kim");
-    await room.console.waitFor(/known as kim/);
+    await room.console.waitFor(/ kim joined$/);
     await room.server.stop();
     assertEquals((await client.status()).code, 1);
     assertEquals(client.stdout.all.at(-1), "* server shutting down");

@@ -32,7 +32,7 @@ Deno.test("compile builds every program for every platform by default, or fewer 
     "x86_64-pc-windows-msvc",
   ]]);
   assertEquals(parseCompileArgs(["--native"]).targets, [Deno.build.target]);
-  const two = parseCompileArgs(["--program", "server", "--program", "client"]);
+  const two = parseCompileArgs(["--program", "server", "--program=client"]);
   assertEquals(two.programs, ["server", "client"]);
   assertThrows(
     () => parseCompileArgs(["--program", "game"]),

@@ -7,12 +7,7 @@
  */
 
 import { encodeLine, LINE_TOO_LONG, LineFramer } from "../shared.ts";
-import {
-  ChatServer,
-  type InventoryOptions,
-  InventoryServer,
-  type ServerOptions,
-} from "../server.ts";
+import { ChatServer, InventoryServer, type ServerOptions } from "../server.ts";
 import { UdpServer, type UdpServerOptions } from "../udp_server.ts";
 
 /** How long a test waits for a line before it fails. */
@@ -461,7 +456,7 @@ export function startUdpServer(options: Partial<UdpServerOptions> = {}) {
  * log lines go to `log`. `await using` stops it.
  */
 export async function startInventory(
-  options: Partial<InventoryOptions> = {},
+  options: Partial<ServerOptions> = {},
 ) {
   const log = new LineQueue();
   const server = await InventoryServer.start({

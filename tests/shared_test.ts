@@ -1,20 +1,19 @@
 /**
- * The shared module's pieces, and the client's line editor, on their own.
+ * The shared module's pieces on their own: framing, cleaning, names,
+ * flags, and the chat room's rules without any socket.
  * @module
  */
 
 import { assertEquals, assertThrows } from "@std/assert";
 import {
+  ChatRoom,
   cleanText,
-  copyPlainLine,
   type Frame,
   LINE_TOO_LONG,
-  LineEditor,
   LineFramer,
   nameKey,
   nameProblem,
   parseChatInput,
-  parseChatLine,
   parseFlags,
   parsePort,
   UsageError,
@@ -95,26 +94,74 @@ Deno.test("nameProblem accepts 1 to 24 of letters, digits, - _ . and nothing els
   assertEquals(nameKey("AMEY"), nameKey("amey"));
 });
 
-Deno.test("parseChatLine tells messages, private messages, notices and errors apart", () => {
-  assertEquals(parseChatLine("<amey> hi <there>"), {
-    kind: "message",
-    name: "amey",
-    text: "hi <there>",
-  });
-  assertEquals(parseChatLine("[private] <amey> psst"), {
-    kind: "private",
-    name: "amey",
-    text: "psst",
-  });
-  assertEquals(parseChatLine("* amey joined"), {
-    kind: "notice",
-    text: "amey joined",
-  });
-  assertEquals(parseChatLine('! name "x" is taken'), {
-    kind: "error",
-    text: 'name "x" is taken',
-  });
-  assertEquals(parseChatLine("plain"), { kind: "other", text: "plain" });
+/** A chat room with no sockets: what it says to whom, as text. */
+function roomWithTranscript(operator?: string) {
+  const said: string[] = [];
+  const room = new ChatRoom<{ name: string }>({
+    send: (member, line) => said.push(`${member.name} <- ${line}`),
+    broadcast: (line, except) =>
+      said.push(`all${except ? ` but ${except.name}` : ""} <- ${line}`),
+    quit: (member) => said.push(`${member.name} quits`),
+    show: (line) => said.push(`console <- ${line}`),
+    log: () => {},
+  }, { mode: "a test room", operator, announceLimit: 2 });
+  return { room, said };
+}
+
+Deno.test("ChatRoom, without a socket, says which lines go to whom", () => {
+  const { room, said } = roomWithTranscript("teacher");
+  const amey = { name: "" }, karan = { name: "" };
+  room.join(amey, "amey");
+  room.join(karan);
+  assertEquals(karan.name, "guest-1");
+  said.length = 0;
+  room.handle(karan, "/nick Karan");
+  room.handle(amey, "hi");
+  room.handle(amey, "/msg karan psst");
+  room.handle(amey, "/msg teacher hello");
+  room.handle(karan, "/me waves");
+  room.handle(karan, "/nick AMEY");
+  room.handle(karan, "/quit");
+  assertEquals(said, [
+    "all <- * guest-1 is now known as Karan",
+    "console <- <amey> hi",
+    "all but amey <- <amey> hi",
+    "Karan <- [private] <amey> psst",
+    "console <- [private] <amey> hello",
+    "console <- * Karan waves",
+    "all but Karan <- * Karan waves",
+    'Karan <- ! name "AMEY" is taken',
+    "Karan <- * bye",
+    "Karan quits",
+  ]);
+  said.length = 0;
+  room.leave(karan, "quit");
+  room.leave(karan, "quit");
+  assertEquals(said, ["all <- * Karan left"], "a leave is told once");
+  assertEquals(
+    room.nameProblem("Teacher"),
+    'name "Teacher" is reserved for the operator',
+  );
+});
+
+Deno.test("ChatRoom welcomes by name or as a guest, and counts a big room", () => {
+  const { room, said } = roomWithTranscript();
+  room.join({ name: "" }, "amey");
+  assertEquals(said.slice(0, 3), [
+    "amey <- * welcome to socklab chat, a test room",
+    "amey <- * online: no one else",
+    "amey <- * you are amey; /help lists the commands",
+  ]);
+  room.join({ name: "" });
+  said.length = 0;
+  const third = { name: "" };
+  room.join(third);
+  assertEquals(said, [
+    "guest-2 <- * welcome to socklab chat, a test room",
+    "guest-2 <- * online: 2 others; /who lists them",
+    "guest-2 <- * you are guest-2: pick a name with /nick NAME; /help lists the commands",
+  ], "past the announce limit: counted, not listed, and not announced");
+  assertEquals(room.whoLine(), "* online (3): amey, guest-1, guest-2");
 });
 
 Deno.test("flags: ports are checked, unknown options refused, defaults given", () => {
@@ -129,11 +176,22 @@ Deno.test("flags: ports are checked, unknown options refused, defaults given", (
     'Unknown option "--nope"',
   );
   assertThrows(
-    () => parseFlags(["one", "two"], { positionals: 1 }),
+    () => parseFlags(["one", "two"], {}, 1),
     UsageError,
     'Unexpected argument "two"',
   );
-  assertEquals(parseFlags(["one"], { positionals: 1 })._, ["one"]);
+  assertEquals(parseFlags(["one"], {}, 1)._, ["one"]);
+  const table = {
+    rate: { range: [0, 10] },
+    drop: { range: [0, 1, "number"] },
+  } as const;
+  assertEquals(parseFlags(["--rate", "7", "--drop", ".5"], table).rate, 7);
+  assertThrows(
+    () => parseFlags(["--rate", "11"], table),
+    UsageError,
+    'Invalid --rate "11": use a whole number from 0 to 10',
+  );
+  assertThrows(() => parseFlags(["--drop", "2"], table), UsageError);
   for (const parse of [parseServerArgs, parseUdpServerArgs]) {
     assertThrows(
       () => parse(["extra"]),
@@ -151,6 +209,7 @@ Deno.test("flags: ports are checked, unknown options refused, defaults given", (
     caFile: undefined,
     password: undefined,
     help: false,
+    trace: false,
   });
   const oneShot = parseClientArgs([
     "-s",
@@ -186,53 +245,13 @@ Deno.test("flags: ports are checked, unknown options refused, defaults given", (
     dataFile: undefined,
     tlsFiles: undefined,
     password: undefined,
+    tracing: false,
   });
   assertThrows(
     () => parseServerArgs(["--data", "x.json"]),
     UsageError,
     "--data goes with --service inventory",
   );
-});
-
-Deno.test("LineEditor edits a line in raw mode and reports Enter, Ctrl-C and Ctrl-D", () => {
-  const editor = new LineEditor();
-  assertEquals(editor.feed(bytes("helo")), []);
-  editor.feed(bytes("\x7flo"));
-  assertEquals(editor.text, "hello");
-  assertEquals(editor.feed(bytes(" world\r")), [{
-    kind: "line",
-    text: "hello world",
-  }]);
-  assertEquals(editor.text, "");
-  editor.feed(bytes("one two\x17"));
-  assertEquals(editor.text, "one ");
-  editor.feed(bytes("\x15"));
-  assertEquals(editor.text, "");
-  editor.feed(bytes("a\x1b[Db\x1bOAc"));
-  assertEquals(editor.text, "abc", "arrow keys are ignored, not typed");
-  assertEquals(
-    editor.feed(bytes("\x04")),
-    [],
-    "Ctrl-D only ends an empty line",
-  );
-  assertEquals(editor.feed(bytes("\x03")), [{ kind: "interrupt" }]);
-  editor.feed(bytes("\x15"));
-  assertEquals(editor.feed(bytes("\x04")), [{ kind: "end" }]);
-  const split = bytes("é");
-  editor.feed(split.subarray(0, 1));
-  editor.feed(split.subarray(1));
-  assertEquals(editor.text, "é");
-  editor.feed(bytes("👋\x7f"));
-  assertEquals(editor.text, "é", "backspace removes a whole character");
-});
-
-Deno.test("LineEditor shows the end of a line too long for the terminal", () => {
-  const editor = new LineEditor("> ");
-  editor.feed(bytes("x".repeat(100) + "END"));
-  const shown = editor.render(40);
-  assertEquals(shown.startsWith("\r\x1b[K"), true);
-  assertEquals(shown.endsWith("END"), true);
-  assertEquals(shown.includes("…"), true);
 });
 
 Deno.test("LineFramer finds the same lines whatever the read sizes", () => {
@@ -259,48 +278,19 @@ Deno.test("LineFramer finds the same lines whatever the read sizes", () => {
   }
 });
 
-Deno.test("copyPlainLine copies only lines that parseChatInput passes on as they are", () => {
-  const plain = [
-    "hello",
-    "a",
-    "x = 1 + 2; {ok}",
-    "~tilde at both ends~",
-    " lead",
-  ];
-  const other = [
-    "",
-    " ",
-    "trailing ",
-    "/me waves",
-    "//slash",
-    "tab\there",
-    "\x1b[31mred",
-    "héllo",
-    "del\x7f",
-    "cr\rinside",
-  ];
-  const into = new Uint8Array(64);
-  /** The line copied from `text` at `start`, or undefined. */
-  const copied = (text: string, start = 0, maxLineBytes = 40) => {
-    const line = bytes(text);
-    const lf = copyPlainLine(line, start, maxLineBytes, into, 3);
-    if (lf < 0) return undefined;
-    assertEquals(line[lf], 0x0a, "it returns where the LF is");
-    const end = line[lf - 1] === 0x0d ? lf - 1 : lf;
-    return new TextDecoder().decode(into.subarray(3, 3 + end - start));
-  };
-  for (const line of plain) {
-    assertEquals(copied(`${line}\n`), line);
-    assertEquals(copied(`${line}\r\nmore`), line);
-    assertEquals(parseChatInput(line), { kind: "message", text: line });
-  }
-  for (const line of other) {
-    assertEquals(copied(`${line}\n`), undefined, JSON.stringify(line));
-  }
-  assertEquals(copied("no line end yet"), undefined);
-  assertEquals(copied("a bare CR\r"), undefined, "the framer decides");
-  assertEquals(copied("x".repeat(40) + "\n"), "x".repeat(40));
-  assertEquals(copied("x".repeat(41) + "\n"), undefined, "too long");
-  // A line in the middle of a read, as the server copies it.
-  assertEquals(copied("/cmd\nplain\nnext", 5), "plain");
+Deno.test("parseChatInput tells messages, commands and blank lines apart", () => {
+  assertEquals(parseChatInput("hi there "), {
+    kind: "message",
+    text: "hi there",
+  });
+  assertEquals(parseChatInput("//etc/passwd"), {
+    kind: "message",
+    text: "/etc/passwd",
+  });
+  assertEquals(parseChatInput("/MSG amey  hi"), {
+    kind: "command",
+    command: "/msg",
+    rest: "amey  hi",
+  });
+  assertEquals(parseChatInput(" \x1b[2J "), { kind: "empty" });
 });

@@ -335,11 +335,16 @@ Deno.test("echo client sends each piped line and shows its echo", async () => {
   assertMatch(client.stdout.all[1], /^नमस्ते \(\d+\.\d{3} ms\)$/);
 });
 
+/** Joins the chat as `name` and takes the three welcome lines. */
+async function join(peer: UdpPeer, name: string): Promise<void> {
+  assertMatch(await peer.ask(`/join ${name}`), /^\* welcome/);
+  await peer.datagrams.waitFor(/^\* you are /);
+}
+
 Deno.test("chat client joins, sends piped lines, shows what arrives, and leaves at the end", async () => {
   await using chat = startUdpServer();
   await using amey = new UdpPeer(chat.port);
-  await amey.ask("/join amey");
-  await amey.datagrams.next();
+  await join(amey, "amey");
   await using bot = spawnUdpClient(chat.port, ["--name", "bot"]);
   assertEquals(await amey.datagrams.next(), "* bot joined");
   await amey.send("hello bot");
@@ -365,8 +370,7 @@ Deno.test("chat client keeps itself in the chat with keepalives, and hides their
   ]);
   await chat.log.waitFor(/bot joined/);
   await using amey = new UdpPeer(chat.port);
-  await amey.ask("/join amey");
-  await amey.datagrams.next();
+  await join(amey, "amey");
   // For three peer timeouts, bot (silent but for keepalives) stays in.
   for (const end = Date.now() + 1200; Date.now() < end;) {
     assertEquals(await amey.ask("/who"), "* online (2): bot, amey");
@@ -413,25 +417,21 @@ if (NC_MISSING) {
 }
 
 Deno.test({
-  name: "nc -u is a UDP chat client (joined as HOST:PORT) and a month client",
+  name: "nc -u is a UDP chat client (joined as guest-N) and a month client",
   ignore: NC_MISSING,
   async fn() {
     await using chat = startUdpServer();
     await using amey = new UdpPeer(chat.port);
-    await amey.ask("/join amey");
-    await amey.datagrams.next();
+    await join(amey, "amey");
     await using nc = new Spawned(["-u", "127.0.0.1", String(chat.port)], {
       stdin: "piped",
     }, "nc");
     await nc.type("hello from nc");
-    assertMatch(await amey.datagrams.next(), /^\* 127\.0\.0\.1:\d+ joined$/);
+    assertEquals(await amey.datagrams.next(), "* guest-1 joined");
+    assertEquals(await amey.datagrams.next(), "<guest-1> hello from nc");
     assertMatch(
-      await amey.datagrams.next(),
-      /^<127\.0\.0\.1:\d+> hello from nc$/,
-    );
-    assertMatch(
-      await nc.stdout.waitFor(/welcome/),
-      /^\* welcome to socklab UDP chat, 127\.0\.0\.1:\d+/,
+      await nc.stdout.waitFor(/^\* you are/),
+      /^\* you are guest-1: pick a name with \/nick NAME/,
     );
     await amey.send("hello nc");
     assertEquals(await nc.stdout.waitFor(/^</), "<amey> hello nc");
@@ -452,4 +452,46 @@ Deno.test({
       "! send a whole number from 1 to 12 (0 ends)",
     );
   },
+});
+
+Deno.test("udp_client.ts --trace prints each socket step on stderr, and none without it", async () => {
+  await using service = startUdpServer({ service: "month" });
+  const at = `127.0.0.1:${service.port}`;
+  await using traced = spawnUdpClient(service.port, [
+    "--service",
+    "month",
+    "3",
+    "--trace",
+  ]);
+  assertEquals((await traced.status()).code, 0);
+  assertEquals(traced.stdout.all, ["March"], "stdout stays the answer");
+  assertMatch(traced.stderr.all[0], /^bind 0\.0\.0\.0:\d+$/);
+  assertEquals(traced.stderr.all.slice(1), [
+    `sendto ${at}: 2 bytes`,
+    `recvfrom ${at}: 9 bytes`,
+    "close",
+  ]);
+
+  await using quiet = spawnUdpClient(service.port, ["--service", "month", "3"]);
+  assertEquals((await quiet.status()).code, 0);
+  assertEquals(quiet.stderr.all, []);
+});
+
+Deno.test("udp_server.ts --trace logs bind, recvfrom and sendto as they happen", async () => {
+  await using server = Spawned.script("udp_server.ts", [
+    ...LOCAL,
+    "--service",
+    "echo",
+    "--trace",
+  ]);
+  assertMatch(
+    await server.stdout.next(),
+    /^\d\d:\d\d:\d\d bind 127\.0\.0\.1:\d+$/,
+  );
+  const port = await bannerPort(server);
+  await using peer = new UdpPeer(port);
+  assertEquals(await peer.ask("hi"), "hi");
+  const at = `127\\.0\\.0\\.1:${peer.port}`;
+  await server.stdout.waitFor(new RegExp(` recvfrom ${at}: 2 bytes$`));
+  await server.stdout.waitFor(new RegExp(` sendto ${at}: 2 bytes$`));
 });

@@ -80,18 +80,30 @@ Deno.test("echo service sends every datagram back unchanged", async () => {
   }
 });
 
+const WELCOME =
+  "* welcome to socklab chat, a UDP group chat: each datagram you send goes to everyone";
+
+/** Sends /join NAME and takes the room's three welcome lines. */
+async function join(peer: UdpPeer, name: string): Promise<string[]> {
+  await peer.send(`/join ${name}`);
+  return [
+    await peer.datagrams.next(),
+    await peer.datagrams.next(),
+    await peer.datagrams.next(),
+  ];
+}
+
 Deno.test("chat relays each datagram to every other peer as <NAME> text", async () => {
   await using chat = startUdpServer();
   await using amey = new UdpPeer(chat.port);
   await using karan = new UdpPeer(chat.port);
 
-  assertMatch(
-    await amey.ask("/join amey"),
-    /^\* welcome to socklab UDP chat, amey/,
-  );
-  assertEquals(await amey.datagrams.next(), "* online: amey");
-  assertMatch(await karan.ask("/join Karan"), /^\* welcome/);
-  assertEquals(await karan.datagrams.next(), "* online: amey, Karan");
+  assertEquals(await join(amey, "amey"), [
+    WELCOME,
+    "* online: no one else",
+    "* you are amey; /help lists the commands",
+  ]);
+  assertEquals((await join(karan, "Karan"))[1], "* online: amey");
   assertEquals(await amey.datagrams.next(), "* Karan joined");
 
   await amey.send("hello Karan\n");
@@ -105,36 +117,51 @@ Deno.test("chat relays each datagram to every other peer as <NAME> text", async 
   );
 });
 
-Deno.test("chat joins a peer that sends text without /join as HOST:PORT, so nc -u works", async () => {
+Deno.test("chat hands each line of a datagram to the room: /msg and /me work over UDP", async () => {
   await using chat = startUdpServer();
   await using amey = new UdpPeer(chat.port);
-  await amey.ask("/join amey");
-  await amey.datagrams.next();
+  await using karan = new UdpPeer(chat.port);
+  await using lina = new UdpPeer(chat.port);
+  await join(amey, "amey");
+  await join(karan, "karan");
+  await join(lina, "lina");
+  await amey.datagrams.waitFor("* lina joined");
+  await karan.datagrams.waitFor("* lina joined");
+
+  await amey.send("/msg karan just you\n/me waves\n");
+  assertEquals(await karan.datagrams.next(), "[private] <amey> just you");
+  assertEquals(await karan.datagrams.next(), "* amey waves");
+  assertEquals(await lina.datagrams.next(), "* amey waves", "no private line");
+  assertEquals(
+    await amey.ask("/msg nobody hi"),
+    '! no one named "nobody" is online',
+  );
+});
+
+Deno.test("chat joins a peer that sends text without /join as guest-N, so nc -u works", async () => {
+  await using chat = startUdpServer();
+  await using amey = new UdpPeer(chat.port);
+  await join(amey, "amey");
   await using stranger = new UdpPeer(chat.port);
-  const name = `127.0.0.1:${stranger.port}`;
 
   await stranger.send("hi all\n");
-  assertMatch(
-    await stranger.datagrams.next(),
-    new RegExp(`^\\* welcome to socklab UDP chat, ${name}`),
-  );
-  assertEquals(await stranger.datagrams.next(), `* online: amey, ${name}`);
+  assertEquals(await stranger.datagrams.next(), WELCOME);
+  assertEquals(await stranger.datagrams.next(), "* online: amey");
   assertEquals(
     await stranger.datagrams.next(),
-    `* you are ${name}: pick a name with /nick NAME`,
+    "* you are guest-1: pick a name with /nick NAME; /help lists the commands",
   );
-  assertEquals(await amey.datagrams.next(), `* ${name} joined`);
-  assertEquals(await amey.datagrams.next(), `<${name}> hi all`);
+  assertEquals(await amey.datagrams.next(), "* guest-1 joined");
+  assertEquals(await amey.datagrams.next(), "<guest-1> hi all");
   await stranger.send("/nick lina");
-  assertEquals(await amey.datagrams.next(), `* ${name} is now known as lina`);
+  assertEquals(await amey.datagrams.next(), "* guest-1 is now known as lina");
 });
 
 Deno.test("chat names follow the TCP chat's rules", async () => {
   await using chat = startUdpServer();
   await using amey = new UdpPeer(chat.port);
   await using other = new UdpPeer(chat.port);
-  await amey.ask("/join AMEY");
-  await amey.datagrams.next();
+  await join(amey, "AMEY");
 
   assertEquals(await other.ask("/join amey"), '! name "amey" is taken');
   assertEquals(
@@ -146,63 +173,89 @@ Deno.test("chat names follow the TCP chat's rules", async () => {
     `! name "${"n".repeat(24)}..." is too long (24 characters at most)`,
   );
   assertEquals(await other.ask("/join"), "! usage: /join NAME");
+  assertEquals(await other.ask("/leave"), "* bye", "leaving before joining");
+  assertEquals(await other.ask("/ping"), "* pong");
   assertEquals(
-    await other.ask("/frobnicate"),
+    await amey.ask("/who"),
+    "* online (1): AMEY",
+    "other never joined",
+  );
+  assertEquals(
+    await amey.ask("/frobnicate"),
     '! unknown command "/frobnicate": /help lists the commands',
   );
-  assertEquals(await other.ask("/leave"), "! you have not joined");
-  assertEquals(await other.ask("/help"), "* commands:");
+  assertEquals(await amey.ask("/help"), "* commands:");
+  const help = [];
+  for (let i = 0; i < 8; i++) help.push(await amey.datagrams.next());
+  assertEquals(help.slice(-2), [
+    "*   /join NAME  join the chat",
+    "*   /ping            check that the server hears you (* pong)",
+  ]);
 });
 
-Deno.test("chat /leave says bye and tells the others", async () => {
+Deno.test("chat with a password: /join NAME PASSWORD, and text before it is refused", async () => {
+  await using chat = startUdpServer({ password: "secret" });
+  await using peer = new UdpPeer(chat.port);
+  const joinFirst = "! this chat needs a password: /join NAME PASSWORD";
+  assertEquals(await peer.ask("hello"), joinFirst);
+  assertEquals(await peer.ask("/join amey"), joinFirst);
+  assertEquals(await peer.ask("/join amey wrong"), "! wrong password");
+  await chat.log.waitFor(/127\.0\.0\.1:\d+ sent a wrong password$/);
+  assertEquals((await join(peer, "amey secret"))[0], WELCOME);
+  assert(!chat.log.all.some((line) => line.includes("secret")));
+});
+
+Deno.test("chat /leave and /quit say bye and tell the others", async () => {
   await using chat = startUdpServer();
   await using amey = new UdpPeer(chat.port);
   await using karan = new UdpPeer(chat.port);
-  await amey.ask("/join amey");
-  await amey.datagrams.next();
-  await karan.ask("/join karan");
-  await karan.datagrams.next();
-  await amey.datagrams.next(); // * karan joined
+  await using lina = new UdpPeer(chat.port);
+  await join(amey, "amey");
+  await join(karan, "karan");
+  await join(lina, "lina");
+  await amey.datagrams.waitFor("* lina joined");
+  await karan.datagrams.waitFor("* lina joined");
 
   assertEquals(await karan.ask("/leave"), "* bye");
   assertEquals(await amey.datagrams.next(), "* karan left");
+  assertEquals(await lina.datagrams.waitFor(/karan/), "* karan left");
+  assertEquals(await lina.ask("/quit"), "* bye");
+  assertEquals(await amey.datagrams.next(), "* lina left");
   assertEquals(await amey.ask("/who"), "* online (1): amey");
-  await chat.log.waitFor(/karan left \(leave\)$/);
+  await chat.log.waitFor(/karan left \(quit\)$/);
 });
 
 Deno.test("chat drops a peer silent for longer than the peer timeout", async () => {
   await using chat = startUdpServer({ peerTimeoutMs: 300, rateLimit: 0 });
   await using silent = new UdpPeer(chat.port);
   await using talker = new UdpPeer(chat.port);
-  await silent.ask("/join silent");
-  await talker.ask("/join talker");
-  await talker.datagrams.next(); // * online: ...
+  await join(silent, "silent");
+  await join(talker, "talker");
 
-  // The talker keeps itself alive with /ping until the notice comes.
+  // The talker keeps itself alive with /who until the notice comes.
   let notice;
   for (
     const deadline = Date.now() + WAIT_MS;
     !notice && Date.now() < deadline;
   ) {
-    const reply = await talker.ask("/ping");
-    if (reply !== "* pong") notice = reply;
+    const reply = await talker.ask("/who");
+    if (!reply.startsWith("* online (")) notice = reply;
   }
   assertEquals(notice, "* silent left (timed out)");
   assertEquals(
     await talker.datagrams.next(),
-    "* pong",
-    "the last ping's answer",
+    "* online (1): talker",
+    "the last /who's answer",
   );
-  assertEquals(await talker.ask("/who"), "* online (1): talker");
+  await chat.log.waitFor(/silent left \(timed out\)$/);
 });
 
 Deno.test("chat goes on after a send to a peer that has gone (ICMP port unreachable)", async () => {
   await using chat = startUdpServer();
   await using amey = new UdpPeer(chat.port);
-  await amey.ask("/join amey");
-  await amey.datagrams.next();
+  await join(amey, "amey");
   const gone = new UdpPeer(chat.port);
-  await gone.ask("/join gone");
+  await join(gone, "gone");
   await amey.datagrams.next(); // * gone joined
   await gone[Symbol.asyncDispose]();
 
@@ -268,4 +321,24 @@ Deno.test("--seed makes drops repeat exactly", async () => {
   const first = await fates();
   assertEquals(await fates(), first);
   assert(first.includes("dropped") && first.includes("answered"));
+});
+
+Deno.test("--trace logs each socket step: bind, recvfrom, sendto, close", async () => {
+  const traced = startUdpServer({ service: "echo", trace: true });
+  await using peer = new UdpPeer(traced.port);
+  assertEquals(await peer.ask("hi"), "hi");
+  const at = `127\\.0\\.0\\.1:${peer.port}`;
+  assertMatch(traced.log.all[0], /^\d\d:\d\d:\d\d bind 127\.0\.0\.1:\d+$/);
+  await traced.log.waitFor(new RegExp(` recvfrom ${at}: 2 bytes$`));
+  await traced.log.waitFor(new RegExp(` sendto ${at}: 2 bytes$`));
+  await traced.server.stop();
+  await traced.log.waitFor(/ close$/);
+
+  await using quiet = startUdpServer({ service: "echo" });
+  await using other = new UdpPeer(quiet.port);
+  assertEquals(await other.ask("hi"), "hi");
+  assertEquals(
+    quiet.log.all.filter((line) => /bind|recvfrom|sendto/.test(line)),
+    [],
+  );
 });
