@@ -21,10 +21,7 @@ import {
   DEFAULT_PORT,
   encodeLine,
   errorLine,
-  type FlagRow,
-  type Frame,
   INVENTORY,
-  type InventoryReply,
   isClosedByUs,
   LINE_TOO_LONG,
   LineConsole,
@@ -39,11 +36,10 @@ import {
   PASSWORD_VARIABLE,
   passwordFrom,
   SAYS,
-  type Stock,
-  type Trace,
   UsageError,
   writeAll,
 } from "./shared.ts";
+import type { FlagRow, Frame, InventoryReply, Stock, Trace } from "./shared.ts";
 
 /** The services of server.ts this client speaks. */
 const TCP_SERVICES = ["chat", "inventory"] as const;
@@ -52,9 +48,7 @@ const NO_WELCOME_HINT_MS = 1500;
 /** How long to wait for the server to close after we asked to leave. */
 const LEAVE_TIMEOUT_MS = 3000;
 
-// ---------------------------------------------------------------------------
-// Step 1: create a socket and connect it to the server
-// ---------------------------------------------------------------------------
+// Step 1: create a socket and connect it to the server -----------------------
 
 /** Creates a TCP socket and connects it. @throws {Error} saying why not */
 export async function connect(
@@ -81,9 +75,7 @@ export async function connect(
   return conn;
 }
 
-// ---------------------------------------------------------------------------
-// Steps 2 to 4: send a line, receive lines, close
-// ---------------------------------------------------------------------------
+// Steps 2 to 4: send a line, receive lines, close ----------------------------
 
 /** A connected socket carrying lines; `target` names it in messages. */
 class LineConnection {
@@ -107,13 +99,15 @@ class LineConnection {
   async *lines(): AsyncGenerator<Frame> {
     const framer = new LineFramer(this.maxLineBytes);
     const buffer = new Uint8Array(16 * 1024);
-    for (let count; (count = await this.#read(buffer)) !== null;) {
+    while (true) {
+      const count = await this.conn.read(buffer)
+        .catch((error) => isClosedByUs(error) ? null : this.#lost(error));
+      if (count === null) break;
       const lines = framer.push(buffer.subarray(0, count));
-      this.trace?.(
-        `read ${count} bytes from ${this.#peer}: ${lines.length} whole ` +
-          `line${lines.length === 1 ? "" : "s"}, ${framer.keptBytes} bytes ` +
-          "kept for the next read",
-      );
+      const lineWord = lines.length === 1 ? "line" : "lines";
+      const whole = `${lines.length} whole ${lineWord}`;
+      const kept = `${framer.keptBytes} bytes kept for the next read`;
+      this.trace?.(`read ${count} bytes from ${this.#peer}: ${whole}, ${kept}`);
       yield* lines;
     }
     this.trace?.(`read end of stream from ${this.#peer}: the server closed`);
@@ -126,7 +120,6 @@ class LineConnection {
     this.trace?.("close");
   }
 
-  /** An error about the server: `The server "HOST:PORT" ...`. */
   serverError(what: string): Error {
     return new Error(`The server "${this.target}" ${what}`);
   }
@@ -135,20 +128,13 @@ class LineConnection {
     return addressText(this.conn.remoteAddr);
   }
 
-  #read(buffer: Uint8Array): Promise<number | null> {
-    return this.conn.read(buffer)
-      .catch((error) => isClosedByUs(error) ? null : this.#lost(error));
-  }
-
   #lost = (error: unknown): never => {
     const reason = networkReason(error);
     throw new Error(`Connection to "${this.target}" lost: ${reason}`);
   };
 }
 
-// ---------------------------------------------------------------------------
-// The chat: typing and receiving at the same time
-// ---------------------------------------------------------------------------
+// The chat: typing and receiving at the same time ----------------------------
 
 /** One chat connection: a loop receives, another sends what you type. */
 class ChatSession {
@@ -196,7 +182,6 @@ class ChatSession {
       }
       throw this.connection.serverError("closed the connection");
     } catch (error) {
-      // Once we asked to leave, the server closing is what we wait for.
       if (this.leaving) this.stop(0);
       this.stop(1, (error as Error).message);
     }
@@ -238,24 +223,20 @@ class ChatSession {
   }
 
   /** An iterative server busy with another client is silent: say why. */
-  #hintIfNoWelcome(): ReturnType<typeof setTimeout> | undefined {
+  #hintIfNoWelcome() {
     if (!Deno.stdout.isTerminal()) return undefined;
-    return setTimeout(() => {
-      this.io.print(paintDim(
-        `Connected to "${this.connection.target}", no welcome yet: the ` +
-          "server may be serving someone else (an iterative server takes " +
-          "one client at a time). What you type is kept until your turn.",
-      ));
-    }, NO_WELCOME_HINT_MS);
+    const hint = `Connected to "${this.connection.target}", no welcome yet: ` +
+      "the server may be serving someone else (an iterative server takes " +
+      "one client at a time). What you type is kept until your turn.";
+    return setTimeout(() => this.io.print(paintDim(hint)), NO_WELCOME_HINT_MS);
   }
 }
 
+/** Why an answer will not do, or undefined when it will. */
+type Problem = (answer: string) => string | undefined;
+
 /** Asks until `problem` finds none; @returns the answer, or undefined */
-async function askUntil(
-  io: LineConsole,
-  question: string,
-  problem: (answer: string) => string | undefined,
-): Promise<string | undefined> {
+async function askUntil(io: LineConsole, question: string, problem: Problem) {
   while (true) {
     const answer = (await io.next(question))?.trim();
     const found = answer === undefined ? undefined : problem(answer);
@@ -266,17 +247,12 @@ async function askUntil(
 
 /** Asks for a chat name at the terminal; Enter: a guest name. */
 async function askName(io: LineConsole): Promise<string | undefined> {
-  const name = await askUntil(
-    io,
-    "Your name (Enter for a guest name): ",
-    (name) => name ? nameProblem(name) : undefined,
-  );
-  return name || undefined;
+  const question = "Your name (Enter for a guest name): ";
+  const problem = (name: string) => name ? nameProblem(name) : undefined;
+  return (await askUntil(io, question, problem)) || undefined;
 }
 
-// ---------------------------------------------------------------------------
-// The inventory client: one request, one reply, on one connection
-// ---------------------------------------------------------------------------
+// The inventory client: one request, one reply, on one connection ------------
 
 /** Sends requests, and reads each one's reply: the next line back. */
 class InventoryClient {
@@ -303,19 +279,15 @@ class InventoryClient {
     this.#replies ??= this.connection.lines();
     const { value, done } = await this.#replies.next();
     if (done) throw this.connection.serverError("closed the connection");
-    const reply = typeof value === "string" ? jsonOrNothing(value) : undefined;
-    if (typeof reply?.ok === "boolean") return reply;
+    try {
+      const reply = typeof value === "string" ? JSON.parse(value) : undefined;
+      if (typeof reply?.ok === "boolean") return reply;
+    } catch {
+      // Not JSON: said just below.
+    }
     throw this.connection.serverError(
       "sent a reply that is not the inventory's JSON",
     );
-  }
-}
-
-function jsonOrNothing(text: string) {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return undefined;
   }
 }
 
@@ -368,29 +340,26 @@ const quantityProblem = (text: string) =>
 
 /** The lab's menu: add, view, remove, exit; asks again on a bad answer. */
 async function inventoryMenu(client: InventoryClient): Promise<number> {
+  const { io } = client;
   console.log(`socklab inventory at ${client.connection.target}`);
   while (true) {
     console.log(MENU);
-    const choice = (await client.io.next("Choose 1-4: "))?.trim();
+    const choice = (await io.next("Choose 1-4: "))?.trim();
     if (choice === undefined || choice === "4") return 0;
-    if (choice === "2") printReply(await client.request('{"action":"view"}'));
-    else if (choice !== "1" && choice !== "3") {
+    if (choice === "2") {
+      printReply(await client.request('{"action":"view"}'));
+    } else if (choice === "1" || choice === "3") {
+      const item = await askUntil(io, "Item name: ", itemProblem);
+      const quantity = item &&
+        await askUntil(io, "Quantity: ", quantityProblem);
+      if (!quantity) return 0; // the end of input
+      const action = choice === "1" ? "add" : "remove";
+      const request = { action, item, quantity: Number(quantity) };
+      printReply(await client.request(JSON.stringify(request)));
+    } else {
       console.log(paintError("Please choose 1, 2, 3 or 4."));
-    } else if (!await addOrRemove(client, choice === "1" ? "add" : "remove")) {
-      return 0;
     }
   }
-}
-
-/** Asks for an item and a quantity, and sends the request. */
-async function addOrRemove(client: InventoryClient, action: string) {
-  const item = await askUntil(client.io, "Item name: ", itemProblem);
-  const quantity = item &&
-    await askUntil(client.io, "Quantity: ", quantityProblem);
-  if (!quantity) return false; // the end of input
-  const request = { action, item, quantity: Number(quantity) };
-  printReply(await client.request(JSON.stringify(request)));
-  return true;
 }
 
 /** Runs the inventory client: one request, or the menu. @returns exit code */
@@ -404,9 +373,7 @@ async function inventory(client: InventoryClient, request?: string) {
   }
 }
 
-// ---------------------------------------------------------------------------
-// Beyond the lab: TLS and a password
-// ---------------------------------------------------------------------------
+// Beyond the lab: TLS and a password -----------------------------------------
 
 /** Says in words what a TLS error from rustls means, if it is one. */
 function tlsReason(error: unknown): string | undefined {
@@ -423,12 +390,10 @@ function tlsReason(error: unknown): string | undefined {
   if (/InvalidContentType|corrupt message|WrongVersion/i.test(message)) {
     return "the server does not speak TLS (leave out --tls and --ca)";
   }
-  if (/certificate/i.test(message)) {
-    return `TLS certificate problem: ${message}`;
-  }
+  if (!/certificate/i.test(message)) return undefined;
+  return `TLS certificate problem: ${message}`;
 }
 
-/** Reads the --ca file, or exits with a clear message. */
 async function trustedCertificates(caFile?: string) {
   if (caFile === undefined) return undefined;
   try {
@@ -467,16 +432,12 @@ async function askPassword(
 ): Promise<string> {
   const password = await io.askSecret("Password: ");
   if (password) return password;
-  throw connection.serverError(
-    refused
-      ? "refused the password"
-      : `needs a password: give it with --password or ${PASSWORD_VARIABLE}`,
-  );
+  if (refused) throw connection.serverError("refused the password");
+  const how = `give it with --password or ${PASSWORD_VARIABLE}`;
+  throw connection.serverError(`needs a password: ${how}`);
 }
 
-// ---------------------------------------------------------------------------
-// Flags, usage and main
-// ---------------------------------------------------------------------------
+// Flags, usage and main ------------------------------------------------------
 
 const FLAGS: Record<string, FlagRow> = {
   port: { short: "p", default: String(DEFAULT_PORT), port: true },
@@ -564,12 +525,8 @@ async function main(): Promise<void> {
     });
   // An inventory reply holds the whole stock: allow long lines, bounded.
   const maxLine = chat ? 64 * 1024 : 16 * 1024 * 1024;
-  const connection = new LineConnection(
-    conn,
-    `${host}:${port}`,
-    trace,
-    maxLine,
-  );
+  const target = `${host}:${port}`;
+  const connection = new LineConnection(conn, target, trace, maxLine);
   if (chat) await new ChatSession(connection, io, options).run();
   const client = new InventoryClient(connection, io, options.password);
   const code = await inventory(client, options.request);

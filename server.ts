@@ -1,26 +1,20 @@
 #!/usr/bin/env -S deno run --allow-net --allow-sys=networkInterfaces
 /**
  * socklab TCP server: the lab's group chat, which relays every line to
- * everyone else, and its inventory service. By default it serves every
- * client at once (the concurrent server); with `--iterative`, one client
- * at a time while the others wait in the backlog (the iterative server).
+ * everyone else, and its inventory service. It serves every client at once
+ * (the concurrent server), or with `--iterative` one at a time while the
+ * others wait in the backlog (the iterative server).
  *
  * ```sh
  * deno run -A server.ts [--port 9999] [--iterative] [--service inventory]
  * ```
  *
- * The socket steps, in the order this file takes them:
- * 1. create, bind, listen: `listen`
- * 2. accept: `acceptLoop`
- * 3. receive: `receiveLines`, bytes framed into lines
- * 4. the protocol: `TcpServer.handleLine`; the chat's is `ChatServer`'s,
- *    which hands each line to the chat room (shared.ts)
- * 5. send: `TcpServer.send`, into the client's outbox
- * 6. close: `TcpServer.close`
- *
- * Then the operator's console, what goes beyond the lab (limits, a
- * password, TLS), the inventory service, and `main`.
- *
+ * The socket steps, in this file's order: 1. create, bind, listen
+ * (`listen`); 2. accept (`acceptLoop`); 3. receive (`receiveLines`);
+ * 4. the protocol (`handleLine`: the chat's hands each line to the chat
+ * room of shared.ts); 5. send (`send`); 6. close (`close`). Then the
+ * operator's console, what goes beyond the lab (limits, password, TLS),
+ * the inventory service, and `main`.
  * @module
  */
 
@@ -134,6 +128,8 @@ class Client {
   lastHeard = performance.now();
   /** Set once, when it leaves, with the reason. */
   leftBecause?: string;
+  /** Settles when its connection is closed. */
+  closed?: Promise<void>;
   /** Past the password (or there is none)? */
   admitted = false;
   wrongPasswords = 0;
@@ -168,25 +164,43 @@ async function receiveLines(
   trace: Trace,
 ): Promise<string> {
   const framer = new LineFramer(maxLineBytes);
-  const buffer = new Uint8Array(4096);
+  let buffer = new Uint8Array(1024);
   try {
     while (!client.leftBecause) {
       const count = await client.conn.read(buffer);
       if (count === null) break; // the client closed its side
+      client.lastHeard = performance.now();
       const lines = framer.push(buffer.subarray(0, count));
       trace?.(
         `read ${count} bytes from ${client.name || client.address}: ` +
           `${lines.length} whole line(s), ${framer.keptBytes} bytes kept for the next read`,
       );
-      // Only the inventory's saves are waited for: the chat handles a
-      // read's lines in one go, so what they send leaves in one write.
-      for (const line of lines) await onLine(line);
+      await handleAll(lines, onLine);
+      // A read that fills the buffer is a burst: read more at a time.
+      if (count === buffer.length && count < 16384) {
+        buffer = new Uint8Array(count * 4);
+      }
     }
-    for (const line of framer.end()) await onLine(line); // a last line without "\n"
+    await handleAll(framer.end(), onLine); // a last line without "\n"
     return client.leftBecause ?? "closed";
   } catch (error) {
     if (client.leftBecause) return client.leftBecause;
     return isDisconnect(error) ? "reset" : `error: ${networkReason(error)}`;
+  }
+}
+
+/**
+ * Hands each line to `onLine`, waiting only when it returns a promise (the
+ * inventory's saves): the chat handles a read's lines in one go, so what
+ * they send leaves together.
+ */
+async function handleAll(
+  lines: Frame[],
+  onLine: (line: Frame) => void | Promise<void>,
+): Promise<void> {
+  for (const line of lines) {
+    const handled = onLine(line);
+    if (handled) await handled;
   }
 }
 
@@ -251,8 +265,7 @@ abstract class TcpServer extends Stoppable {
       return await this.#refuseFull(client);
     }
     this.#clients.add(client);
-    const { rateLimit, burst, password, maxLineBytes, trace } = this.options;
-    if (rateLimit > 0) client.rate = new RateLimit(rateLimit, burst);
+    const { password, maxLineBytes, trace } = this.options;
     client.admitted = !password;
     if (password) this.askPassword(client);
     else this.admit(client);
@@ -263,13 +276,12 @@ abstract class TcpServer extends Stoppable {
       trace,
     );
     this.close(client, reason);
-    await client.outbox.done;
+    await client.closed;
   }
 
   /** A line: too long, before the password, or the service's to handle. */
   #onLine(client: Client, line: Frame): void | Promise<void> {
     if (client.leftBecause) return;
-    client.lastHeard = performance.now();
     if (line === LINE_TOO_LONG) {
       this.log(
         `${client.name || client.address} sent a line that was too long`,
@@ -327,7 +339,7 @@ abstract class TcpServer extends Stoppable {
     this.options.trace?.(`close ${client.name || client.address}: ${reason}`);
     this.#clients.delete(client);
     this.left(client, reason);
-    client.outbox.finish();
+    client.closed = client.outbox.close();
   }
 
   /** The client has gone: the service says so. */
@@ -343,7 +355,7 @@ abstract class TcpServer extends Stoppable {
     await this.beforeShutdown();
     const clients = [...this.#clients];
     for (const client of clients) this.close(client, "shutdown");
-    await Promise.all(clients.map((client) => client.outbox.done));
+    await Promise.all(clients.map((client) => client.closed));
     await this.finished;
     this.log("stopped");
   }
@@ -426,21 +438,15 @@ export class ChatServer extends TcpServer {
     });
   }
 
-  /** The names in the chat, in the order they came. */
-  get names(): string[] {
-    return [...this.room.members.values()].map((client) => client.name);
-  }
-
   /**
    * A client joins on its first line, or as a guest once a moment passes
    * without one: a client whose first line is `/nick NAME` (client.ts
    * sends it at once) joins under that name, with one welcome.
    */
   protected admit(client: Client): void {
-    client.nameTimer = setTimeout(
-      () => this.#join(client),
-      this.options.nameWaitMs,
-    );
+    const { rateLimit, burst, nameWaitMs } = this.options;
+    if (rateLimit > 0) client.rate = new RateLimit(rateLimit, burst);
+    client.nameTimer = setTimeout(() => this.#join(client), nameWaitMs);
   }
 
   #join(client: Client, name?: string): void {
@@ -474,12 +480,36 @@ export class ChatServer extends TcpServer {
     this.room.handle(client, line);
   }
 
-  /** Send: a line to everyone in the room but `except`, encoded once for all. */
+  /**
+   * Send: a line to everyone in the room but `except`. The lines of one
+   * read are gathered and go out together, encoded once for all: one
+   * piece in each client's outbox, however many lines the read held.
+   */
   #broadcast(line: string, except?: Client): void {
-    const bytes = encodeLine(line);
-    for (const client of this.room.members.values()) {
-      if (client !== except) this.send(client, bytes);
+    if (this.#batch.length > 0 && except !== this.#batchSkips) {
+      this.#sendBatch();
     }
+    if (this.#batch.push(line) === 1) queueMicrotask(() => this.#sendBatch());
+    this.#batchSkips = except;
+  }
+
+  #batch: string[] = [];
+  #batchSkips?: Client;
+
+  #sendBatch(): void {
+    if (this.#batch.length === 0) return;
+    const text = this.#batch.join("\n") + "\n";
+    const [bytes, skip] = [relayBuffer.encode(text), this.#batchSkips];
+    this.#batch = [];
+    for (const client of this.room.members.values()) {
+      if (client !== skip) this.send(client, bytes);
+    }
+  }
+
+  /** A line to one client comes after the room's lines sent before it. */
+  override sendLine(client: Client, line: string): void {
+    this.#sendBatch();
+    super.sendLine(client, line);
   }
 
   protected errorText(text: string): string {
@@ -580,63 +610,36 @@ export class ChatServer extends TcpServer {
 // Beyond the lab: options, limits, TLS, and the outbox
 // ---------------------------------------------------------------------------
 
-/** How a server runs: the chat's and the inventory's options. */
-export interface ServerOptions {
-  /** Address and port to listen on (port 0 picks a free one). */
-  host: string;
-  port: number;
-  /** The operator's name, reserved for the console. @default "server" */
-  operatorName: string;
-  /** Serve one client at a time. */
-  iterative: boolean;
-  /** The longest line a client may send, in bytes. @default 4096 */
-  maxLineBytes: number;
-  /** Unread bytes waiting for one client before it is dropped. @default 1 MiB */
-  maxPendingBytes: number;
-  /** Connections at once; the next one is told the server is full. @default 1000 */
-  maxClients: number;
-  /** Chat: lines a second per client (0: no limit), and the burst above it. */
-  rateLimit: number;
-  burst: number;
-  /** Connections silent this long are closed; 0 is never. */
-  idleTimeoutMs: number;
-  /** Chat: how long a new client may take to send `/nick NAME`. @default 250 */
-  nameWaitMs: number;
-  /** Chat: joins and leaves are announced up to this many. @default 100 */
-  announceLimit: number;
-  /** Chat: keep the room's messages off the console. */
-  quiet: boolean;
-  /** The password clients must send with /auth first, if any. */
+/** How a server runs, with its defaults. */
+const DEFAULTS = {
+  host: "0.0.0.0",
+  port: DEFAULT_PORT, // 0 picks a free port
+  operatorName: "server", // reserved for the console
+  iterative: false, // serve one client at a time
+  maxLineBytes: MAX_LINE_BYTES,
+  maxPendingBytes: 1024 * 1024, // unread bytes before a client is dropped
+  maxClients: 1000,
+  rateLimit: 20, // chat: lines a second per client (0: none), and a burst
+  burst: 40,
+  idleTimeoutMs: 0, // silent connections are closed after this (0: never)
+  nameWaitMs: 250, // chat: how long a new client may take to send /nick
+  announceLimit: 100, // chat: joins and leaves are told up to this many
+  quiet: false, // chat: keep the room's messages off the console
+  print: (line: string) => console.log(line),
+};
+
+/** The options of both services: the defaults, and what has none. */
+export type ServerOptions = typeof DEFAULTS & {
   password?: string;
-  /** A certificate and its key (PEM), to speak TLS. */
   tls?: TlsFiles;
   /** Inventory: the file that keeps the stock. */
   dataFile?: string;
-  /** Prints one line of the console. */
-  print: (line: string) => void;
   /** Prints each socket step, for study (--trace). */
   trace?: (step: string) => void;
-}
+};
 
 /** A certificate and its private key, as PEM text. */
 type TlsFiles = { cert: string; key: string };
-
-const DEFAULTS: ServerOptions = {
-  host: "0.0.0.0",
-  port: DEFAULT_PORT,
-  operatorName: "server",
-  iterative: false,
-  maxLineBytes: MAX_LINE_BYTES,
-  maxPendingBytes: 1024 * 1024,
-  maxClients: 1000,
-  rateLimit: 20,
-  burst: 40,
-  idleTimeoutMs: 0,
-  nameWaitMs: 250,
-  announceLimit: 100,
-  quiet: false,
-  print: (line) => console.log(line),
-};
 
 /** Closes a socket that may be closed already. */
 function closeQuietly(socket: { close(): void }): void {
@@ -650,101 +653,144 @@ function closeQuietly(socket: { close(): void }): void {
 /** How long a leaving client may take to receive its last lines. */
 const FINAL_FLUSH_MS = 3000;
 
+/** Does `next` start where `piece` ends, in the same buffer? */
+function follows(piece: Uint8Array, next: Uint8Array): boolean {
+  return next.buffer === piece.buffer &&
+    next.byteOffset === piece.byteOffset + piece.length;
+}
+
+/**
+ * Where the room's lines are encoded, once for everyone, one after the
+ * other in a shared buffer. Lines of many reads that follow each other
+ * there reach an outbox as one piece: one write, and no copy.
+ */
+class RelayBuffer {
+  #buffer = new Uint8Array(256 * 1024);
+  #used = 0;
+
+  encode(text: string): Uint8Array {
+    const most = text.length * 3; // the most UTF-8 bytes it can take
+    if (most > this.#buffer.length) return new TextEncoder().encode(text);
+    if (this.#used + most > this.#buffer.length) {
+      // A fresh one: outboxes still hold pieces of the old.
+      [this.#buffer, this.#used] = [new Uint8Array(this.#buffer.length), 0];
+    }
+    const free = this.#buffer.subarray(this.#used);
+    const { written } = relayEncoder.encodeInto(text, free);
+    this.#used += written;
+    return free.subarray(0, written);
+  }
+}
+
+const relayEncoder = new TextEncoder();
+const relayBuffer = new RelayBuffer();
+
 /**
  * What is waiting to be sent to one client, behind one call:
  * `outbox.send(bytes)`. Each client has its own, so a slow reader delays
  * nobody else, and it is capped, so such a client cannot grow the
- * server's memory without bound. What is queued during one turn of the
- * event loop goes out in one write: a client sent 10 lines at once gets
- * them in one `write()`.
+ * server's memory without bound. What is queued while the server handles
+ * a read goes out in one write.
  */
 class Outbox {
   #pending: Uint8Array[] = [];
   #pendingBytes = 0;
-  #finishing = false;
-  #failed = false;
-  #wake?: () => void;
-  /** Settles once all is sent, or a write failed. */
-  readonly done: Promise<void>;
+  #joined?: Uint8Array; // reused to join pieces: a fresh buffer costs more
+  #writing?: Promise<void>;
+  #stopped = false; // closing, or the client has gone
 
   constructor(
     readonly conn: Deno.Conn,
     readonly maxPendingBytes: number,
     readonly label: () => string,
     readonly trace: Trace,
-  ) {
-    this.done = this.#writeLoop();
-  }
+  ) {}
 
   /**
    * @param force queue it even past the cap (a last line)
    * @returns false when the client has too much waiting already
    */
   send(bytes: Uint8Array, force = false): boolean {
-    if (this.#finishing || this.#failed) return true;
+    if (this.#stopped) return true;
     if (!force && this.#pendingBytes + bytes.length > this.maxPendingBytes) {
       return false;
     }
-    this.#pending.push(bytes);
+    // A piece that follows the last one in the relay buffer extends it.
+    const last = this.#pending.at(-1);
+    if (last && follows(last, bytes)) {
+      const { buffer, byteOffset, length } = last;
+      this.#pending[this.#pending.length - 1] = new Uint8Array(
+        buffer,
+        byteOffset,
+        length + bytes.length,
+      );
+    } else {
+      this.#pending.push(bytes);
+    }
     this.#pendingBytes += bytes.length;
-    this.#wake?.();
+    this.#writing ??= this.#writeQueued();
     return true;
   }
 
   /** Takes no more; sends what is queued (a few seconds at most), then closes. */
-  finish(): void {
-    this.#finishing = true;
-    this.#wake?.();
+  async close(): Promise<void> {
+    this.#stopped = true;
     const timer = setTimeout(() => closeQuietly(this.conn), FINAL_FLUSH_MS);
-    this.done.finally(() => {
-      clearTimeout(timer);
-      // Close: release the socket; the client sees the end of the stream.
-      closeQuietly(this.conn);
-    });
+    await this.#writing;
+    clearTimeout(timer);
+    // Close: release the socket; the client sees the end of the stream.
+    closeQuietly(this.conn);
   }
 
-  async #writeLoop(): Promise<void> {
-    while (this.#pending.length > 0 || !this.#finishing) {
-      if (this.#pending.length === 0) {
-        await new Promise<void>((resolve) => this.#wake = resolve);
-        continue;
-      }
-      const batch = joinBytes(this.#pending, this.#pendingBytes);
-      this.#pending = [];
-      this.#pendingBytes = 0;
+  async #writeQueued(): Promise<void> {
+    await Promise.resolve(); // what the rest of this read sends comes too
+    while (this.#pending.length > 0) {
+      const [pieces, size] = [this.#pending, this.#pendingBytes];
+      [this.#pending, this.#pendingBytes] = [[], 0];
+      // Small pieces go in one write; big ones are written as they are.
+      const writes = size <= 65536 ? [this.#join(pieces, size)] : pieces;
       try {
-        const writes = await writeAll(this.conn, batch);
-        const how = writes > 1
-          ? `${writes} writes, each sent a part`
-          : "all sent";
-        this.trace?.(`write ${batch.length} bytes to ${this.label()} (${how})`);
+        for (const bytes of writes) {
+          const count = await writeAll(this.conn, bytes);
+          const how = count > 1
+            ? `${count} writes, each sent a part`
+            : "all sent";
+          this.trace?.(
+            `write ${bytes.length} bytes to ${this.label()} (${how})`,
+          );
+        }
       } catch {
-        this.#failed = true; // gone: its receive loop says why
-        return;
+        this.#stopped = true; // gone: its receive loop says why
+        this.#pending = [];
       }
     }
+    this.#writing = undefined;
   }
-}
 
-/** Joins `pieces` (of `size` bytes in all) into one buffer, for one write. */
-function joinBytes(pieces: Uint8Array[], size: number): Uint8Array {
-  if (pieces.length === 1) return pieces[0];
-  const joined = new Uint8Array(size);
-  let offset = 0;
-  for (const piece of pieces) {
-    joined.set(piece, offset);
-    offset += piece.length;
+  /** Joins pieces into one buffer: over 4 KiB, this outbox's own, reused. */
+  #join(pieces: Uint8Array[], size: number): Uint8Array {
+    if (pieces.length === 1) return pieces[0];
+    if (size > 4096 && (this.#joined?.length ?? 0) < size) {
+      this.#joined = new Uint8Array(size);
+    }
+    const joined = size > 4096
+      ? this.#joined!.subarray(0, size)
+      : new Uint8Array(size);
+    let offset = 0;
+    for (const piece of pieces) {
+      joined.set(piece, offset);
+      offset += piece.length;
+    }
+    return joined;
   }
-  return joined;
 }
 
 // ---------------------------------------------------------------------------
 // The inventory service: one request and one JSON reply per line
 // ---------------------------------------------------------------------------
 
-/** A valid request to the inventory service. */
-export type InventoryRequest = Change | { action: "view" } | { action: "help" };
 type Change = { action: "add" | "remove"; item: string; quantity: number };
+type InventoryRequest = Change | { action: "view" } | { action: "help" };
 
 /** A request that cannot be served, with the reason for the client. */
 class BadRequest extends Error {}
@@ -755,14 +801,10 @@ class BadRequest extends Error {}
  * and only data: it is never run, as pickle would be.
  * @throws {BadRequest} with the reason, for anything else
  */
-export function parseInventoryRequest(line: string): InventoryRequest {
+function parseRequest(line: string): InventoryRequest {
   const text = line.trim();
-  const looksLikeJson = /^[[{"\d-]|^(true|false|null)$/.test(text);
-  return looksLikeJson ? requestFromJson(text) : requestFromWords(text);
-}
-
-function requestFromJson(text: string): InventoryRequest {
-  let value: unknown;
+  if (!/^[[{"\d-]|^(true|false|null)$/.test(text)) return fromWords(text);
+  let value;
   try {
     value = JSON.parse(text);
   } catch (error) {
@@ -773,49 +815,42 @@ function requestFromJson(text: string): InventoryRequest {
       'a request must be a JSON object, like {"action":"view"}',
     );
   }
-  const { action, item, quantity } = value as Record<string, unknown>;
+  const { action, item, quantity } = value;
   if (action === undefined) throw new BadRequest('missing "action"');
   if (typeof action !== "string") {
     throw new BadRequest('"action" must be a string');
   }
-  if (action === "view" || action === "help") {
-    return { action } as InventoryRequest;
-  }
+  if (action === "view" || action === "help") return { action };
   if (action !== "add" && action !== "remove") throw unknownAction(action);
   if (item === undefined) throw new BadRequest('missing "item"');
   if (quantity === undefined) throw new BadRequest('missing "quantity"');
   return { action, item: checkItem(item), quantity: checkQuantity(quantity) };
 }
 
-function requestFromWords(text: string): InventoryRequest {
+function fromWords(text: string): InventoryRequest {
   const words = text.split(/\s+/);
   const action = words[0].toLowerCase();
-  if (action === "view" || action === "help") {
-    return { action } as InventoryRequest;
-  }
+  if (action === "view" || action === "help") return { action };
   if (action !== "add" && action !== "remove") throw unknownAction(words[0]);
   if (words.length < 3) throw new BadRequest(`usage: ${action} ITEM QUANTITY`);
-  const quantity = words.at(-1)!;
-  if (!/^\d+$/.test(quantity)) throw badQuantity();
+  const quantity = /^\d+$/.test(words.at(-1)!) ? Number(words.at(-1)) : NaN;
   const item = checkItem(words.slice(1, -1).join(" "));
-  return { action, item, quantity: checkQuantity(Number(quantity)) };
+  return { action, item, quantity: checkQuantity(quantity) };
 }
 
 function unknownAction(action: string): BadRequest {
   const shown = action.length > 20 ? action.slice(0, 20) + "..." : action;
-  return new BadRequest(
-    `unknown action "${shown}": use ${INVENTORY.actions.join(", ")}`,
-  );
+  const actions = INVENTORY.actions.join(", ");
+  return new BadRequest(`unknown action "${shown}": use ${actions}`);
 }
 
 function checkItem(item: unknown): string {
   if (typeof item !== "string") throw new BadRequest('"item" must be a string');
   const name = item.trim();
+  const max = INVENTORY.maxItemLength;
   if (name === "") throw new BadRequest("an item name cannot be empty");
-  if ([...name].length > INVENTORY.maxItemLength) {
-    throw new BadRequest(
-      `an item name is ${INVENTORY.maxItemLength} characters at most`,
-    );
+  if ([...name].length > max) {
+    throw new BadRequest(`an item name is ${max} characters at most`);
   }
   if (cleanText(name) !== name) {
     throw new BadRequest("an item name cannot hold control characters");
@@ -824,84 +859,42 @@ function checkItem(item: unknown): string {
 }
 
 function checkQuantity(quantity: unknown): number {
-  if (
-    Number.isInteger(quantity) && (quantity as number) >= 1 &&
-    (quantity as number) <= INVENTORY.maxQuantity
-  ) {
+  const max = INVENTORY.maxQuantity;
+  if (Number.isInteger(quantity) && +quantity! >= 1 && +quantity! <= max) {
     return quantity as number;
   }
-  throw badQuantity();
-}
-
-function badQuantity(): BadRequest {
-  return new BadRequest(
-    `the quantity must be a whole number from 1 to ${INVENTORY.maxQuantity}`,
-  );
-}
-
-/**
- * The stock and the rules that change it. Every change is checked first,
- * so a request either applies whole or changes nothing.
- */
-export class Inventory {
-  readonly #items: Map<string, number>;
-
-  constructor(stock: Stock = {}) {
-    this.#items = new Map(Object.entries(stock));
-  }
-
-  /** The stock as a plain object, for JSON. */
-  get stock(): Stock {
-    return Object.fromEntries(this.#items);
-  }
-
-  /** @throws {BadRequest} when the total would pass the safe integer limit */
-  add(item: string, quantity: number): string {
-    const total = (this.#items.get(item) ?? 0) + quantity;
-    if (total > Number.MAX_SAFE_INTEGER) {
-      throw new BadRequest(
-        `cannot add: ${item} would pass ${Number.MAX_SAFE_INTEGER} in stock`,
-      );
-    }
-    this.#items.set(item, total);
-    return `Added ${quantity} ${item}(s) to the inventory.`;
-  }
-
-  /** An item that reaches 0 leaves. @throws {BadRequest} when there is not that much */
-  remove(item: string, quantity: number): string {
-    const have = this.#items.get(item) ?? 0;
-    if (have === 0) throw new BadRequest(`no ${item} in stock`);
-    if (have < quantity) throw new BadRequest(`only ${have} ${item} in stock`);
-    if (have === quantity) this.#items.delete(item);
-    else this.#items.set(item, have - quantity);
-    return `Removed ${quantity} ${item}(s) from the inventory.`;
-  }
+  throw new BadRequest(`the quantity must be a whole number from 1 to ${max}`);
 }
 
 /** A running inventory server: the same sockets, another protocol. */
 export class InventoryServer extends TcpServer {
+  readonly #stock: Map<string, number>;
   readonly #dataFile?: DataFile;
 
   /**
-   * Loads the stock from the data file, if any, then creates, binds and
+   * Loads the stock from the data file, if any; then creates, binds and
    * listens, and accepts clients.
    * @throws {DataFileError} when the data file cannot be read or is corrupt
    */
-  static async start(
-    options: Partial<ServerOptions> = {},
-  ): Promise<InventoryServer> {
-    const full = { ...DEFAULTS, rateLimit: 0, ...options };
+  static async start(options: Partial<ServerOptions> = {}) {
+    const full = { ...DEFAULTS, ...options };
     const stock = full.dataFile ? await loadStock(full.dataFile) : {};
-    return new InventoryServer(full, listen(full), new Inventory(stock));
+    return new InventoryServer(full, listen(full), stock);
   }
 
   private constructor(
     options: ServerOptions,
     listener: Deno.Listener,
-    readonly inventory: Inventory,
+    stock: Stock,
   ) {
     super(options, listener);
+    this.#stock = new Map(Object.entries(stock));
     if (options.dataFile) this.#dataFile = new DataFile(options.dataFile);
+  }
+
+  /** The stock as a plain object, for JSON. */
+  get stock(): Stock {
+    return Object.fromEntries(this.#stock);
   }
 
   /** After /auth with the right password: a reply says so. */
@@ -913,56 +906,65 @@ export class InventoryServer extends TcpServer {
     );
   }
 
-  /** Answers one request line with one JSON line, once any change is saved. */
+  /** Answers one request line with one JSON line, once a change is saved. */
   protected async handleLine(client: Client, line: string): Promise<void> {
     if (line.trim() === "") return;
-    const reply = /^\/auth\b/i.test(line.trim())
-      ? { ok: true as const, message: "authenticated already" }
-      : await this.#serveRequest(client.address, line);
+    let reply: InventoryReply;
+    try {
+      reply = await this.#answer(client.address, line.trim());
+    } catch (error) {
+      if (!(error instanceof BadRequest)) throw error;
+      reply = failure(error.message);
+    }
     this.sendLine(client, JSON.stringify(reply));
   }
 
-  async #serveRequest(address: string, line: string): Promise<InventoryReply> {
-    let request;
-    try {
-      request = parseInventoryRequest(line);
-    } catch (error) {
-      if (error instanceof BadRequest) return failure(error.message);
-      throw error;
+  async #answer(address: string, line: string): Promise<InventoryReply> {
+    if (/^\/auth\b/i.test(line)) {
+      return { ok: true, message: "authenticated already" };
     }
+    const request = parseRequest(line);
     if (request.action === "help") return { ok: true, message: INVENTORY.help };
-    if (request.action === "view") {
-      return { ok: true, inventory: this.inventory.stock };
-    }
+    if (request.action === "view") return { ok: true, inventory: this.stock };
     return await this.#change(address, request);
   }
 
-  /** Adds or removes, saves, and only then says it is done. */
-  async #change(
-    address: string,
-    { action, item, quantity }: Change,
-  ): Promise<InventoryReply> {
-    const { inventory } = this;
-    let message;
-    try {
-      message = action === "add"
-        ? inventory.add(item, quantity)
-        : inventory.remove(item, quantity);
-    } catch (error) {
-      if (error instanceof BadRequest) return failure(error.message);
-      throw error;
+  /**
+   * Adds or removes, saves, and only then says it is done: a request
+   * applies whole or changes nothing.
+   * @throws {BadRequest} when there is not that much to remove, or too much
+   */
+  async #change(address: string, change: Change): Promise<InventoryReply> {
+    const { action, item, quantity } = change;
+    const before = this.#stock.get(item) ?? 0;
+    const after = action === "add" ? before + quantity : before - quantity;
+    if (after > Number.MAX_SAFE_INTEGER) {
+      throw new BadRequest(
+        `cannot add: ${item} would pass ${Number.MAX_SAFE_INTEGER} in stock`,
+      );
     }
+    if (before === 0 && after < 0) throw new BadRequest(`no ${item} in stock`);
+    if (after < 0) throw new BadRequest(`only ${before} ${item} in stock`);
+    this.#set(item, after);
     try {
-      await this.#dataFile?.save(() => inventory.stock);
+      await this.#dataFile?.save(() => this.stock);
     } catch (error) {
       // Not saved, so not done: undo the change and say why.
-      if (action === "add") inventory.remove(item, quantity);
-      else inventory.add(item, quantity);
+      this.#set(item, (this.#stock.get(item) ?? 0) + before - after);
       this.log(`cannot save: ${(error as Error).message}`);
       return failure(`cannot save the inventory: ${(error as Error).message}`);
     }
+    const message = action === "add"
+      ? `Added ${quantity} ${item}(s) to the inventory.`
+      : `Removed ${quantity} ${item}(s) from the inventory.`;
     this.log(`${address}: ${message}`);
-    return { ok: true, message, inventory: inventory.stock };
+    return { ok: true, message, inventory: this.stock };
+  }
+
+  /** An item that reaches 0 leaves the stock. */
+  #set(item: string, quantity: number): void {
+    if (quantity === 0) this.#stock.delete(item);
+    else this.#stock.set(item, quantity);
   }
 
   protected errorText(text: string): string {
@@ -994,37 +996,35 @@ export class DataFileError extends Error {}
  * Reads the stock from `path`. A missing file is an empty stock.
  * @throws {DataFileError} when the file cannot be read or is not a stock
  */
-export async function loadStock(path: string): Promise<Stock> {
-  let text;
+async function loadStock(path: string): Promise<Stock> {
+  let data;
   try {
-    text = await Deno.readTextFile(path);
+    data = JSON.parse(await Deno.readTextFile(path));
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return {};
-    throw new DataFileError(`Cannot read "${path}": ${fileReason(error)}`);
-  }
-  const corrupt = (why: string) =>
-    new DataFileError(
-      `Cannot load "${path}": ${why}. The file was left as it is.`,
-    );
-  let data: unknown;
-  try {
-    data = JSON.parse(text);
-  } catch (error) {
-    throw corrupt(`not valid JSON (${(error as Error).message})`);
+    if (!(error instanceof SyntaxError)) {
+      throw new DataFileError(`Cannot read "${path}": ${fileReason(error)}`);
+    }
+    throw corrupt(path, `not valid JSON (${error.message})`);
   }
   if (typeof data !== "object" || data === null || Array.isArray(data)) {
-    throw corrupt('not a JSON object like {"Soap": 200}');
+    throw corrupt(path, 'not a JSON object like {"Soap": 200}');
   }
   for (const [item, quantity] of Object.entries(data)) {
-    if (!Number.isSafeInteger(quantity) || quantity < 1) {
-      throw corrupt(
-        `"${item}" has ${
-          JSON.stringify(quantity)
-        }, not a whole number of 1 or more`,
-      );
-    }
+    if (Number.isSafeInteger(quantity) && (quantity as number) >= 1) continue;
+    const has = JSON.stringify(quantity);
+    throw corrupt(
+      path,
+      `"${item}" has ${has}, not a whole number of 1 or more`,
+    );
   }
-  return data as Stock;
+  return data;
+}
+
+function corrupt(path: string, why: string): DataFileError {
+  return new DataFileError(
+    `Cannot load "${path}": ${why}. The file was left as it is.`,
+  );
 }
 
 function fileReason(error: unknown): string {
@@ -1037,24 +1037,23 @@ function fileReason(error: unknown): string {
 
 /**
  * Saves the stock so that a crash (even kill -9) at any moment loses no
- * change that was acknowledged: write a temporary file in the same
- * folder, flush it to the disk, then rename it over the old one. A rename
- * is atomic: the file is always the old stock or the new. Changes that
- * come while a save runs are saved together in the next one.
+ * change that was acknowledged: write a temporary file in the same folder,
+ * flush it to the disk, then rename it over the old one. A rename is
+ * atomic: the file is always the old stock or the new. Changes that come
+ * while a save runs are saved together in the next one.
  */
 class DataFile {
-  #waiting: { resolve: () => void; reject: (error: Error) => void }[] = [];
+  #waiting: PromiseWithResolvers<void>[] = [];
   #saving?: Promise<void>;
 
   constructor(readonly path: string) {}
 
   /** Resolves once a save that includes the stock as it is now is on disk. */
   save(snapshot: () => Stock): Promise<void> {
-    const saved = new Promise<void>((resolve, reject) =>
-      this.#waiting.push({ resolve, reject })
-    );
+    const saved = Promise.withResolvers<void>();
+    this.#waiting.push(saved);
     this.#saving ??= this.#saveAll(snapshot);
-    return saved;
+    return saved.promise;
   }
 
   /** Resolves when no save is running. */
@@ -1066,8 +1065,13 @@ class DataFile {
     while (this.#waiting.length > 0) {
       const batch = this.#waiting;
       this.#waiting = [];
+      const text = JSON.stringify(snapshot(), null, 2) + "\n";
+      const temporary = `${this.path}.${Deno.pid}.tmp`;
       try {
-        await this.#write(JSON.stringify(snapshot(), null, 2) + "\n");
+        await Deno.writeTextFile(temporary, text);
+        using file = await Deno.open(temporary, { write: true });
+        await file.sync(); // on the disk, not just in the kernel's cache
+        await Deno.rename(temporary, this.path);
         batch.forEach((waiter) => waiter.resolve());
       } catch (error) {
         const failed = new Error(fileReason(error));
@@ -1075,20 +1079,6 @@ class DataFile {
       }
     }
     this.#saving = undefined;
-  }
-
-  async #write(text: string): Promise<void> {
-    const temporary = `${this.path}.${Deno.pid}.tmp`;
-    {
-      using file = await Deno.open(temporary, {
-        write: true,
-        create: true,
-        truncate: true,
-      });
-      await writeAll(file, new TextEncoder().encode(text));
-      await file.sync();
-    }
-    await Deno.rename(temporary, this.path);
   }
 }
 

@@ -1,10 +1,8 @@
 /**
- * What more than one socklab script needs. First the lab's part: framing
- * a TCP byte stream into lines, sending every byte, line formats, names,
- * text cleaning, and the chat room's rules (a core without sockets that
- * the TCP and the UDP server each wrap). Then the tools around it: the
- * console, colors, flags, errors, passwords and limits.
- *
+ * What more than one socklab script needs: first the lab's part (framing
+ * a byte stream into lines, sending every byte, line formats, names, text
+ * cleaning, the chat room's rules), then the tools around it (console,
+ * colors, flags, errors, passwords, limits).
  * @module
  */
 
@@ -14,18 +12,13 @@ import * as readline from "node:readline";
 import { parseArgs } from "@std/cli/parse-args";
 import * as stdColors from "@std/fmt/colors";
 
-/** The port the lab uses, for TCP and for UDP. */
-export const DEFAULT_PORT = 9999;
+export const DEFAULT_PORT = 9999; // the lab's port, for TCP and for UDP
 
-// ---------------------------------------------------------------------------
-// Framing: a TCP byte stream into lines
-// ---------------------------------------------------------------------------
+// --- Framing: a TCP byte stream into lines ---
 
-/** The longest line (in bytes, without its line end) a peer may send. */
-export const MAX_LINE_BYTES = 4096;
-/** Marks the place where a peer sent a line longer than the limit. */
+export const MAX_LINE_BYTES = 4096; // the longest line a peer may send
+/** Stands where a peer sent a line longer than the limit (it is dropped). */
 export const LINE_TOO_LONG: unique symbol = Symbol("line too long");
-/** A line of text, or the marker of a line that was too long and dropped. */
 export type Frame = string | typeof LINE_TOO_LONG;
 
 const LF = 0x0a;
@@ -36,12 +29,11 @@ const decoder = new TextDecoder();
 const encoder = new TextEncoder();
 
 /**
- * Splits a byte stream into lines. TCP delivers bytes, not messages: one
- * read may hold half a line, several lines, or half of a UTF-8 character,
- * so bytes are kept until a line end comes. `\n`, `\r\n` and a bare `\r`
- * end a line. A line over `maxLineBytes` is reported once as
- * {@linkcode LINE_TOO_LONG} and dropped up to its end, so memory stays
- * bounded whatever a peer sends. Invalid UTF-8 becomes U+FFFD.
+ * Splits a byte stream into lines. TCP delivers bytes, not messages: a read
+ * may hold half a line, several lines or half a UTF-8 character, so bytes
+ * are kept until a line end (`\n`, `\r\n` or a bare `\r`) comes. A line over
+ * `maxLineBytes` is reported once as {@linkcode LINE_TOO_LONG} and dropped,
+ * so memory stays bounded whatever a peer sends.
  */
 export class LineFramer {
   #kept = NOTHING; // the start of a line whose end has not come yet
@@ -50,7 +42,6 @@ export class LineFramer {
 
   constructor(readonly maxLineBytes: number = MAX_LINE_BYTES) {}
 
-  /** Bytes kept for the next read: the start of a line. */
   get keptBytes(): number {
     return this.#kept.length;
   }
@@ -84,6 +75,11 @@ export class LineFramer {
   }
 
   #endLine(last: Uint8Array, lines: Frame[]): void {
+    // Most lines lie whole in one read: decoded from there, no copy.
+    const whole = this.#kept.length === 0 && !this.#dropping;
+    if (whole && last.length <= this.maxLineBytes) {
+      return void lines.push(decoder.decode(last));
+    }
     this.#keep(last, lines);
     if (!this.#dropping) lines.push(decoder.decode(this.#kept));
     this.#kept = NOTHING;
@@ -92,26 +88,21 @@ export class LineFramer {
 
   #keep(piece: Uint8Array, lines: Frame[]): void {
     if (this.#dropping) return;
-    if (this.#kept.length + piece.length > this.maxLineBytes) {
+    const size = this.#kept.length + piece.length;
+    if (size > this.maxLineBytes) {
       lines.push(LINE_TOO_LONG);
       this.#dropping = true;
       this.#kept = NOTHING;
-    } else if (this.#kept.length === 0) {
-      this.#kept = piece.slice(); // a copy: the caller reuses its buffer
-    } else {
-      const joined = new Uint8Array(this.#kept.length + piece.length);
-      joined.set(this.#kept);
-      joined.set(piece, this.#kept.length);
-      this.#kept = joined;
+      return;
     }
+    const kept = new Uint8Array(size); // a copy: the caller reuses its buffer
+    kept.set(this.#kept);
+    kept.set(piece, this.#kept.length);
+    this.#kept = kept;
   }
 }
 
-/**
- * Sends every byte: one `write()` may take only part of the buffer, so
- * write the rest until nothing is left.
- * @returns how many writes it took
- */
+/** Sends every byte: a `write()` may take only a part. @returns the writes */
 export async function writeAll(
   writer: { write(bytes: Uint8Array): Promise<number> },
   bytes: Uint8Array,
@@ -123,7 +114,6 @@ export async function writeAll(
   return writes;
 }
 
-/** Encodes text as one UTF-8 line, with its `\n`. */
 export function encodeLine(text: string): Uint8Array {
   return encoder.encode(text + "\n");
 }
@@ -131,9 +121,7 @@ export function encodeLine(text: string): Uint8Array {
 /** Prints one step of the socket story, for `--trace`; undefined when off. */
 export type Trace = ((step: string) => void) | undefined;
 
-// ---------------------------------------------------------------------------
-// Text cleaning, line formats and names
-// ---------------------------------------------------------------------------
+// --- Text cleaning, line formats and names ---
 
 // Terminal escape sequences (CSI, OSC, two-byte ESC), then the control
 // characters left: C0, DEL, C1, and the bidirectional overrides.
@@ -146,45 +134,51 @@ const CONTROLS = /[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g;
 const UNSAFE = /[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/;
 
 /**
- * Removes what could clear a screen, move the cursor or forge a line:
- * escape sequences and control characters. Tabs become spaces. Printable
- * Unicode (accents, Devanagari, CJK, emoji) passes unchanged.
+ * Removes what could clear a screen, move the cursor or forge a line. Tabs
+ * become spaces; printable Unicode (Devanagari, CJK, emoji) passes as is.
  */
 export function cleanText(text: string): string {
   if (!UNSAFE.test(text)) return text; // most lines: one test, no copy
   return text.replace(ESCAPES, "").replace(CONTROLS, "").replaceAll("\t", " ");
 }
 
-/** `<NAME> text`: a message from NAME. */
+// The line formats: a message from NAME, a notice, an error to one client.
 export const messageLine = (name: string, text: string) => `<${name}> ${text}`;
-/** `* text`: a notice from the server. */
 export const noticeLine = (text: string) => `* ${text}`;
-/** `! text`: an error, to one client. */
 export const errorLine = (text: string) => `! ${text}`;
 
-/** Lines both sides of a protocol know, defined once. */
+/** Lines both sides of a protocol know. */
 export const SAYS = {
-  passwordNeeded: noticeLine(
-    "this server needs a password: send /auth PASSWORD",
-  ),
+  passwordNeeded: "* this server needs a password: send /auth PASSWORD",
   authenticateFirst: "authenticate first: /auth PASSWORD",
   wrongPassword: "wrong password",
   joinFirst: "this chat needs a password: /join NAME PASSWORD",
-  shuttingDown: noticeLine("server shutting down"),
-  bye: noticeLine("bye"),
-  pong: noticeLine("pong"),
+  shuttingDown: "* server shutting down",
+  bye: "* bye",
+  pong: "* pong",
 };
 
-/** What a line typed into a chat is: a message, or a command. */
-export type ChatInput =
+/** What both sides of the inventory protocol know. */
+export const INVENTORY = {
+  actions: ["add", "remove", "view", "help"],
+  maxQuantity: 1_000_000_000,
+  maxItemLength: 64,
+  help: 'send one request per line: "add ITEM QUANTITY", ' +
+    '"remove ITEM QUANTITY", "view", "help", or the same as JSON: ' +
+    '{"action":"add","item":"Soap","quantity":200}, {"action":"view"}',
+};
+/** The inventory's stock, and one reply of its service (a JSON line). */
+export type Stock = Record<string, number>;
+export type InventoryReply =
+  | { ok: true; message?: string; inventory?: Stock }
+  | { ok: false; error: string };
+
+type ChatInput =
   | { kind: "empty" }
   | { kind: "message"; text: string }
   | { kind: "command"; command: string; rest: string };
 
-/**
- * Reads a line typed into a chat, cleaned: `/cmd rest` is a command (its
- * name in lower case), `//text` the message `/text`, a blank line nothing.
- */
+/** A chat line, cleaned: `/cmd rest` a command, `//text` the message `/text`. */
 export function parseChatInput(rawLine: string): ChatInput {
   const line = cleanText(rawLine).trimEnd();
   if (line.trim() === "") return { kind: "empty" };
@@ -202,9 +196,8 @@ export function splitFirstWord(text: string): [string, string] {
 }
 
 /**
- * Checks a chat name: 1 to 24 ASCII letters, digits, `-`, `_`, `.` (ASCII
- * only, so nobody passes for someone else with a look-alike letter).
- * @returns why the name is not valid, or undefined when it is
+ * Why a name is not 1 to 24 ASCII letters, digits, `-`, `_`, `.` (ASCII, so
+ * no one passes for another with a look-alike letter); undefined if it is.
  */
 export function nameProblem(name: string): string | undefined {
   if (name === "") return "a name cannot be empty";
@@ -219,48 +212,15 @@ export function nameProblem(name: string): string | undefined {
 /** Names are unique ignoring case: this is the form compared. */
 export const nameKey = (name: string) => name.toLowerCase();
 
-/** The stock of the inventory service: each item's name and quantity. */
-export type Stock = Record<string, number>;
-/** One reply of the inventory service, as a JSON line. */
-export type InventoryReply =
-  | { ok: true; message?: string; inventory?: Stock }
-  | { ok: false; error: string };
-/** What both sides of the inventory protocol know. */
-export const INVENTORY = {
-  actions: ["add", "remove", "view", "help"],
-  maxQuantity: 1_000_000_000,
-  maxItemLength: 64,
-  help:
-    'send one request per line: "add ITEM QUANTITY", "remove ITEM QUANTITY", ' +
-    '"view", "help", or the same as JSON: {"action":"add","item":"Soap","quantity":200}, {"action":"view"}',
-};
-
-// ---------------------------------------------------------------------------
-// The chat room's rules, without sockets ("sans-I/O")
-// ---------------------------------------------------------------------------
+// --- The chat room's rules, without sockets ("sans-I/O") ---
 
 /** Where the room's lines go: its transport writes them to sockets. */
-export interface RoomOutput<Member extends { name: string }> {
+export interface RoomOutput<Member> {
   send(member: Member, line: string): void;
-  /** One line to every member but `except`: encoded once for all. */
   broadcast(line: string, except?: Member): void;
-  /** The member asked to leave: send its last lines, then close. */
-  quit(member: Member): void;
-  /** A chat line for the server's console (a message, /me, /msg to it). */
-  show(line: string): void;
+  quit(member: Member): void; // the member asked to leave
+  show(line: string): void; // a chat line for the server's console
   log(text: string): void;
-}
-
-/** How a room behaves. */
-export interface RoomOptions {
-  /** What the room is, after "welcome to socklab chat, ". */
-  mode: string;
-  /** The operator's name, reserved for the server's console, if any. */
-  operator?: string;
-  /** Joins and leaves are announced up to this many members. @default 100 */
-  announceLimit?: number;
-  /** Help for the transport's own commands (UDP: /join, /ping). */
-  moreHelp?: string[];
 }
 
 const HELP = [
@@ -272,6 +232,7 @@ const HELP = [
   "  /quit            leave the chat",
   '  //TEXT           send a message that starts with "/"',
 ];
+const SEE_HELP = "/help lists the commands";
 
 /**
  * The chat's rules, for any transport: names and guests, the commands,
@@ -279,13 +240,17 @@ const HELP = [
  * to send to whom comes out through {@linkcode RoomOutput}.
  */
 export class ChatRoom<Member extends { name: string }> {
-  /** The members, by name (ignoring case), in the order they came. */
-  readonly members = new Map<string, Member>();
+  readonly members = new Map<string, Member>(); // by nameKey, in join order
   #guests = 0;
 
   constructor(
     readonly out: RoomOutput<Member>,
-    readonly options: RoomOptions,
+    readonly options: {
+      mode: string; // what the room is, shown in the welcome
+      operator?: string; // the server console's name, reserved
+      announceLimit?: number; // joins and leaves are told up to this size
+      moreHelp?: string[]; // help for the transport's commands (UDP: /join)
+    },
   ) {}
 
   /** Lets a member in, under `name` (checked first) or as guest-N. */
@@ -293,24 +258,17 @@ export class ChatRoom<Member extends { name: string }> {
     member.name = name ?? this.#guestName();
     this.members.set(nameKey(member.name), member);
     this.out.log(`${member.name} joined`);
-    const [operator = ""] = this.#operator();
+    const others = this.#names().filter((other) => other !== member.name);
     // A big room is counted, not listed: /who lists it on demand.
+    const counted = [`${others.length} others`, ...this.#operator()];
     const online = this.#announces()
-      ? [...this.#names().filter((n) => n !== member.name), ...this.#operator()]
-        .join(", ") || "no one else"
-      : `${this.members.size - 1} others${
-        operator && ` and ${operator}`
-      }; /who lists them`;
+      ? [...others, ...this.#operator()].join(", ") || "no one else"
+      : `${counted.join(" and ")}; /who lists them`;
     const pick = name === undefined ? ": pick a name with /nick NAME" : "";
     this.#tell(member, `welcome to socklab chat, ${this.options.mode}`);
     this.#tell(member, `online: ${online}`);
-    this.#tell(
-      member,
-      `you are ${member.name}${pick}; /help lists the commands`,
-    );
-    if (this.#announces()) {
-      this.out.broadcast(noticeLine(`${member.name} joined`), member);
-    }
+    this.#tell(member, `you are ${member.name}${pick}; ${SEE_HELP}`);
+    if (this.#announces()) this.#announce(`${member.name} joined`, member);
   }
 
   /** One line from a member: a message to everyone else, or a command. */
@@ -319,31 +277,18 @@ export class ChatRoom<Member extends { name: string }> {
     if (input.kind === "empty") return;
     if (input.kind === "message") return this.say(member, input.text);
     const { command, rest } = input;
-    switch (command) {
-      case "/nick":
-        return this.#rename(member, rest);
-      case "/who":
-        return this.out.send(member, this.whoLine());
-      case "/msg":
-        return this.#whisper(member, rest);
-      case "/me":
-        if (rest === "") return this.#error(member, "usage: /me TEXT");
-        this.out.show(noticeLine(`${member.name} ${rest}`));
-        return this.out.broadcast(noticeLine(`${member.name} ${rest}`), member);
-      case "/help":
-        for (const help of [...HELP, ...this.options.moreHelp ?? []]) {
-          this.#tell(member, help);
-        }
-        return;
-      case "/quit":
-      case "/leave":
-        this.out.send(member, SAYS.bye);
-        return this.out.quit(member);
-      default:
-        this.#error(
-          member,
-          `unknown command "${command}": /help lists the commands`,
-        );
+    if (command === "/nick") return this.#rename(member, rest);
+    if (command === "/who") return this.out.send(member, this.whoLine());
+    if (command === "/msg") return this.#whisper(member, rest);
+    if (command === "/me") return this.#act(member, rest);
+    if (command === "/help") {
+      const help = [...HELP, ...this.options.moreHelp ?? []];
+      for (const text of help) this.#tell(member, text);
+    } else if (command === "/quit" || command === "/leave") {
+      this.out.send(member, SAYS.bye);
+      this.out.quit(member);
+    } else {
+      this.#error(member, `unknown command "${command}": ${SEE_HELP}`);
     }
   }
 
@@ -360,18 +305,15 @@ export class ChatRoom<Member extends { name: string }> {
     this.members.delete(nameKey(member.name));
     this.out.log(`${member.name} left (${reason})`);
     if (reason === "shutdown" || !this.#announces()) return;
-    const plain = ["quit", "closed", "reset"].includes(reason) ||
-      reason.startsWith("error");
-    this.out.broadcast(
-      noticeLine(`${member.name} left${plain ? "" : ` (${reason})`}`),
-    );
+    // The usual ways to leave need no reason in the notice.
+    const plain = /^(quit|closed|reset)$|^error/.test(reason);
+    this.#announce(`${member.name} left${plain ? "" : ` (${reason})`}`);
   }
 
   /** Why `member` cannot take `name`, or undefined when it can. */
   nameProblem(name: string, member?: Member): string | undefined {
     if (name === "") return "usage: /nick NAME";
-    const { operator = "" } = this.options;
-    if (nameKey(name) === nameKey(operator)) {
+    if (this.#isOperator(name)) {
       return `name "${name}" is reserved for the operator`;
     }
     const holder = this.members.get(nameKey(name));
@@ -382,9 +324,8 @@ export class ChatRoom<Member extends { name: string }> {
   /** `* online (3): Amey, Karan, server (operator)` */
   whoLine(): string {
     const everyone = [...this.#names(), ...this.#operator()];
-    return noticeLine(
-      `online (${everyone.length}): ${everyone.join(", ") || "no one"}`,
-    );
+    const names = everyone.join(", ") || "no one";
+    return noticeLine(`online (${everyone.length}): ${names}`);
   }
 
   #rename(member: Member, name: string): void {
@@ -396,29 +337,23 @@ export class ChatRoom<Member extends { name: string }> {
     member.name = name;
     this.members.set(nameKey(name), member);
     this.out.log(`${old} is now known as ${name}`);
-    this.out.broadcast(noticeLine(`${old} is now known as ${name}`));
+    this.#announce(`${old} is now known as ${name}`);
+  }
+
+  #act(member: Member, action: string): void {
+    if (action === "") return this.#error(member, "usage: /me TEXT");
+    this.out.show(noticeLine(`${member.name} ${action}`));
+    this.#announce(`${member.name} ${action}`, member);
   }
 
   #whisper(member: Member, rest: string): void {
     const [name, text] = splitFirstWord(rest);
-    if (name === "" || text === "") {
-      return this.#error(member, "usage: /msg NAME TEXT");
-    }
+    if (!name || !text) return this.#error(member, "usage: /msg NAME TEXT");
     const line = `[private] ${messageLine(member.name, text)}`;
-    if (nameKey(name) === nameKey(this.options.operator ?? "")) {
-      return this.out.show(line);
-    }
+    if (this.#isOperator(name)) return this.out.show(line);
     const target = this.members.get(nameKey(name));
     if (!target) return this.#error(member, `no one named "${name}" is online`);
     this.out.send(target, line);
-  }
-
-  #tell(member: Member, text: string): void {
-    this.out.send(member, noticeLine(text));
-  }
-
-  #error(member: Member, text: string): void {
-    this.out.send(member, errorLine(text));
   }
 
   #guestName(): string {
@@ -427,42 +362,49 @@ export class ChatRoom<Member extends { name: string }> {
     return name;
   }
 
+  // Small helpers: a notice to one, a notice to all (but `except`), an
+  // error to one; whether joins are told; names; the operator.
+  #tell(member: Member, text: string): void {
+    this.out.send(member, noticeLine(text));
+  }
+  #announce(text: string, except?: Member): void {
+    this.out.broadcast(noticeLine(text), except);
+  }
+  #error(member: Member, text: string): void {
+    this.out.send(member, errorLine(text));
+  }
   #announces(): boolean {
     return this.members.size <= (this.options.announceLimit ?? 100);
   }
-
   #names(): string[] {
     return [...this.members.values()].map((member) => member.name);
   }
-
+  #isOperator(name: string): boolean {
+    return nameKey(name) === nameKey(this.options.operator ?? "");
+  }
   #operator(): string[] {
-    return this.options.operator ? [`${this.options.operator} (operator)`] : [];
+    const { operator } = this.options;
+    return operator ? [`${operator} (operator)`] : [];
   }
 }
 
-// ---------------------------------------------------------------------------
-// The console: lines typed below, lines printed above
-// ---------------------------------------------------------------------------
+// --- The console: lines typed below, lines printed above ---
 
 /**
- * The program's console, on Node's `readline` (built into Deno). On a
- * terminal, the line being typed stays at the bottom, with history and
- * the usual keys, and printed lines go above it; on a pipe, lines are
- * just read and printed. Printed lines wait for the end of the current
- * turn of the event loop, so a busy server writes its console once a turn.
+ * The console, on Node's `readline` (built into Deno): at a terminal, the
+ * line being typed stays at the bottom and printed lines go above it; on a
+ * pipe, lines are just read. Printing waits for the end of the event loop's
+ * turn, so a busy server writes its console once a turn.
  */
 export class LineConsole {
-  /** Both stdin and stdout are a terminal. */
   readonly terminal = Deno.stdin.isTerminal() && Deno.stdout.isTerminal();
-  /** Called on Ctrl-C at the terminal. */
-  onInterrupt: () => unknown = () => Deno.exit(130);
+  onInterrupt: () => unknown = () => Deno.exit(130); // Ctrl-C at a terminal
   #rl?: readline.Interface;
   #lines?: AsyncIterator<string>;
   #pending: string[] = [];
   #muted = false;
   #ended = false;
 
-  /** @param prompt shown before the line being typed, on a terminal */
   constructor(readonly prompt = "> ") {}
 
   /** Prints one line, above the line being typed. */
@@ -481,11 +423,9 @@ export class LineConsole {
     return done ? undefined : value;
   }
 
-  /** Hands each line to `onLine` in turn, until input ends. */
   async readLines(onLine: (line: string) => unknown): Promise<void> {
-    for (let line; (line = await this.next()) !== undefined;) {
-      await onLine(line);
-    }
+    let line;
+    while ((line = await this.next()) !== undefined) await onLine(line);
   }
 
   /** Asks for a secret at the terminal, not echoed; undefined elsewhere. */
@@ -497,32 +437,29 @@ export class LineConsole {
     this.#muted = true;
     const answer = await this.next("");
     this.#muted = false;
-    // readline keeps typed lines for the Up key: not this one.
-    const kept = (this.#rl as unknown as { history: string[] }).history;
-    if (answer && kept[0] === answer) kept.shift();
     process.stdout.write("\n");
+    // readline keeps typed lines for the Up key: not this one.
+    const { history } = this.#rl as unknown as { history: string[] };
+    if (answer && history[0] === answer) history.shift();
     return answer;
   }
 
   /** Gives the terminal back: printed lines out, prompt gone, input closed. */
   close(): void {
     this.#flush();
-    if (this.#ended) return;
-    if (this.#rl && this.terminal) process.stdout.write("\r\x1b[K");
-    this.#rl?.close();
+    if (this.#ended || !this.#rl) return;
+    if (this.terminal) process.stdout.write("\r\x1b[K");
+    this.#rl.close();
   }
 
   #open(): readline.Interface {
     if (this.#rl) return this.#rl;
     // A reader that went away (`| head -1`) must not crash the program.
     process.stdout.on("error", () => {});
-    const output = this.terminal ? process.stdout : undefined;
-    const { stdin: input } = process;
-    const rl = readline.createInterface({
-      input,
-      output,
-      terminal: this.terminal,
-    });
+    const { terminal } = this;
+    const output = terminal ? process.stdout : undefined;
+    const input = process.stdin;
+    const rl = readline.createInterface({ input, output, terminal });
     // readline echoes what is typed through this: muted for a secret.
     const hook = rl as unknown as { _writeToOutput(text: string): void };
     const echo = hook._writeToOutput.bind(rl);
@@ -547,8 +484,8 @@ export class LineConsole {
 
 /** Writes to stdout; a closed pipe is ignored (nobody reads any more). */
 function writeOut(text: string): void {
+  const bytes = encoder.encode(text);
   try {
-    const bytes = encoder.encode(text);
     for (let sent = 0; sent < bytes.length;) {
       sent += Deno.stdout.writeSync(bytes.subarray(sent));
     }
@@ -557,9 +494,7 @@ function writeOut(text: string): void {
   }
 }
 
-// ---------------------------------------------------------------------------
-// Colors
-// ---------------------------------------------------------------------------
+// --- Colors ---
 
 type Paint = (text: string) => string;
 // The std module is JavaScript without types: typed here, where it enters.
@@ -567,7 +502,7 @@ const colors = stdColors as unknown as Record<string, Paint> & {
   setColorEnabled(enabled: boolean): void;
 };
 const NAME_COLORS = ["green", "yellow", "blue", "magenta", "cyan"]
-  .flatMap((c) => [c, `bright${c[0].toUpperCase()}${c.slice(1)}`]);
+  .flatMap((hue) => [hue, `bright${hue[0].toUpperCase()}${hue.slice(1)}`]);
 
 /** Colors only for a terminal, and never when NO_COLOR is set. */
 export function chooseColors(): void {
@@ -577,37 +512,30 @@ export function chooseColors(): void {
 /** Paints a line from a chat server: each name its own color, always. */
 export function paintChatLine(line: string): string {
   const message = /^(\[private\] )?<([^>\s]{1,64})> (.*)$/s.exec(line);
-  if (message) {
-    const [, secret, name, text] = message;
-    let hash = 0;
-    for (const c of nameKey(name)) hash = (hash * 31 + c.charCodeAt(0)) >>> 0;
-    const paint = colors[NAME_COLORS[hash % NAME_COLORS.length]];
-    return `${secret ? colors.magenta(secret) : ""}<${
-      colors.bold(paint(name))
-    }> ${text}`;
+  if (!message) {
+    if (line.startsWith("* ")) return colors.dim(line);
+    return line.startsWith("! ") ? colors.red(line) : line;
   }
-  if (line.startsWith("* ")) return colors.dim(line);
-  return line.startsWith("! ") ? colors.red(line) : line;
+  const [, secret, name, text] = message;
+  let hash = 0;
+  for (const c of nameKey(name)) hash = (hash * 31 + c.charCodeAt(0)) >>> 0;
+  const paint = colors[NAME_COLORS[hash % NAME_COLORS.length]];
+  const tag = secret ? colors.magenta(secret) : "";
+  return `${tag}<${colors.bold(paint(name))}> ${text}`;
 }
 
 /** Paints an error of ours, and a secondary text (hints, prompts). */
 export const paintError: Paint = (text) => colors.red(text);
 export const paintDim: Paint = (text) => colors.dim(text);
 
-// ---------------------------------------------------------------------------
-// Flags: a table per script, read with @std/cli's parseArgs
-// ---------------------------------------------------------------------------
+// --- Flags: a table per script, read with @std/cli's parseArgs ---
 
 /** A misuse of a script's flags: printed with the usage, exit code 2. */
 export class UsageError extends Error {
   override name = "UsageError";
 }
 
-/**
- * One row of a script's flag table: an alias, a default, and what the
- * value is: on/off, a port, a number in a range (whole unless "number"),
- * one of some choices, or any text.
- */
+/** A flag: its alias, default, and value (on/off, port, range, choices). */
 export type FlagRow = {
   short?: string;
   default?: string;
@@ -617,29 +545,24 @@ export type FlagRow = {
   choices?: readonly string[];
 };
 
-/** What `parseFlags` read: `_` holds the positional arguments. */
-export type Flags = { _: string[]; help: boolean; [flag: string]: unknown };
+type Flags = { _: string[]; help: boolean; [flag: string]: unknown };
 
-/**
- * Reads a script's arguments with its flag table (`--help`, `-h` added).
- * @throws {UsageError} for an unknown flag, a bad value, an extra argument
- */
+/** Reads the arguments with a flag table. @throws {UsageError} for a misuse */
 export function parseFlags(
   args: string[],
   table: Record<string, FlagRow>,
   positionals = Infinity,
 ): Flags {
-  const spec = {
-    string: [] as string[],
-    boolean: ["help"],
-    alias: { h: "help" } as Record<string, string>,
-    default: {} as Record<string, string>,
-  };
+  const boolean = ["help"];
+  const string: string[] = [];
+  const alias: Record<string, string> = { h: "help" };
+  const defaults: Record<string, string> = {};
   for (const [name, row] of Object.entries(table)) {
-    (row.on ? spec.boolean : spec.string).push(name);
-    if (row.short) spec.alias[row.short] = name;
-    if (row.default) spec.default[name] = row.default;
+    (row.on ? boolean : string).push(name);
+    if (row.short) alias[row.short] = name;
+    if (row.default) defaults[name] = row.default;
   }
+  const spec = { boolean, string, alias, default: defaults };
   const parsed = parseArgs(args, { ...spec, unknown: refuseUnknown }) as Flags;
   if (parsed._.length > positionals) {
     throw new UsageError(`Unexpected argument "${parsed._[positionals]}"`);
@@ -672,17 +595,15 @@ function checkFlag(name: string, row: FlagRow, text: string): string | number {
   const pattern = kind ? /^\d+(\.\d+)?$|^\.\d+$/ : /^\d+$/;
   const value = Number(text);
   if (pattern.test(text) && value >= min && value <= max) return value;
-  throw new UsageError(
-    `${bad} ${kind ? "a number" : "a whole number"} from ${min} to ${max}`,
-  );
+  const what = kind ? "a number" : "a whole number";
+  throw new UsageError(`${bad} ${what} from ${min} to ${max}`);
 }
 
 /** @throws {UsageError} unless `text` is a whole number from 0 to 65535 */
 export function parsePort(text: string): number {
   if (/^\d+$/.test(text) && Number(text) <= 65535) return Number(text);
-  throw new UsageError(
-    `Invalid port "${text}": use a whole number from 0 to 65535`,
-  );
+  const use = "use a whole number from 0 to 65535";
+  throw new UsageError(`Invalid port "${text}": ${use}`);
 }
 
 /** Checks a --name flag. @throws {UsageError} for an invalid name */
@@ -693,10 +614,7 @@ export function nameFlag(value: unknown): string | undefined {
   return String(value);
 }
 
-/**
- * Reads the script's arguments with `parse`. A misuse prints one line and
- * the usage, and exits 2; `--help` prints the usage and exits 0.
- */
+/** Reads `Deno.args`: `--help` prints the usage, a misuse also, exit 0, 2. */
 export function argsOrExit<Options extends { help: boolean }>(
   parse: (args: string[]) => Options,
   usage: string,
@@ -713,34 +631,27 @@ export function argsOrExit<Options extends { help: boolean }>(
   }
 }
 
-// ---------------------------------------------------------------------------
-// Errors, signals, stopping, addresses
-// ---------------------------------------------------------------------------
+// --- Errors, signals, stopping, addresses ---
 
-const REASONS: [new (...args: never[]) => Error, string][] = [
-  [
-    Deno.errors.ConnectionRefused,
+// The network errors a user can meet, by the error's name.
+const REASONS: Record<string, string> = {
+  ConnectionRefused:
     "connection refused (is the server running, and on this port?)",
-  ],
-  [Deno.errors.ConnectionReset, "connection reset"],
-  [Deno.errors.ConnectionAborted, "connection aborted"],
-  [
-    Deno.errors.AddrInUse,
-    "address already in use (is another server running on this port?)",
-  ],
-  [Deno.errors.AddrNotAvailable, "address not available on this machine"],
-  [
-    Deno.errors.PermissionDenied,
-    "permission denied (ports below 1024 need administrator rights; or run with --allow-net)",
-  ],
-  [Deno.errors.TimedOut, "timed out"],
-];
+  ConnectionReset: "connection reset",
+  ConnectionAborted: "connection aborted",
+  AddrInUse: "address already in use (is another server running on this port?)",
+  AddrNotAvailable: "address not available on this machine",
+  PermissionDenied: "permission denied (ports below 1024 need " +
+    "administrator rights; or run with --allow-net)",
+  TimedOut: "timed out",
+};
 
 /** Says in words why a network operation failed (refused, reset, ...). */
 export function networkReason(error: unknown): string {
-  const known = REASONS.find(([kind]) => error instanceof kind);
-  if (known) return known[1];
-  const message = error instanceof Error ? error.message : String(error);
+  const { name, message } = error instanceof Error
+    ? error
+    : new Error(String(error));
+  if (Object.hasOwn(REASONS, name)) return REASONS[name];
   if (/lookup|resolve|name or service|nodename|no such host/i.test(message)) {
     return "unknown host";
   }
@@ -756,23 +667,21 @@ export function isClosedByUs(error: unknown): boolean {
 /** Calls `stop` on Ctrl-C, and on SIGTERM (SIGBREAK on Windows). */
 export function onStopSignals(stop: () => void): void {
   Deno.addSignalListener("SIGINT", stop);
-  Deno.addSignalListener(
-    Deno.build.os === "windows" ? "SIGBREAK" : "SIGTERM",
-    stop,
-  );
+  const windows = Deno.build.os === "windows";
+  Deno.addSignalListener(windows ? "SIGBREAK" : "SIGTERM", stop);
 }
 
 /** Stops the program with a clear message when Deno's UDP API is missing. */
 export function requireUdp(): void {
   if (typeof Deno.listenDatagram === "function") return;
   console.error(
-    "UDP needs Deno's unstable net API: run with --unstable-net, for example: " +
-      "deno run -A --unstable-net udp_server.ts",
+    "UDP needs Deno's unstable net API: run with --unstable-net, for " +
+      "example: deno run -A --unstable-net udp_server.ts",
   );
   Deno.exit(1);
 }
 
-/** A server that stops once, however often it is asked (Ctrl-C, /quit, SIGTERM). */
+/** A server that stops once (its own `shutDown`), however often asked. */
 export abstract class Stoppable {
   #stopped?: Promise<void>;
   get stopping(): boolean {
@@ -781,7 +690,6 @@ export abstract class Stoppable {
   stop(): Promise<void> {
     return this.#stopped ??= this.shutDown();
   }
-  /** The server's own way to stop, run once. */
   protected abstract shutDown(): Promise<void>;
 }
 
@@ -790,53 +698,35 @@ export function logLine(text: string): string {
   return `${new Date().toTimeString().slice(0, 8)} ${text}`;
 }
 
-/** `HOST:PORT` of an address. */
 export function addressText(address: Deno.Addr): string {
   const { hostname, port } = address as Deno.NetAddr;
   return `${hostname}:${port}`;
 }
 
-/**
- * The banner lines that tell how to reach a server bound to `host`: from
- * the LAN when it listens on every interface (listing this PC's addresses
- * needs `--allow-sys=networkInterfaces`), and from this PC.
- */
+/** Banner lines: how to reach `host` from the LAN, and from this PC. */
 export function connectionHints(
   host: string,
   commandsFor: (address: string) => string,
 ): string[] {
-  if (host !== "0.0.0.0" && host !== "::") {
-    return ["Connect with:", `  ${commandsFor(host)}`];
-  }
-  const allowed = Deno.permissions.querySync({
-    name: "sys",
-    kind: "networkInterfaces",
-  });
-  const lan = allowed.state !== "granted" ? undefined : [
-    ...new Set(
-      Deno.networkInterfaces().filter((nic) => nic.family === "IPv4").map((
-        nic,
-      ) => nic.address),
-    ),
-  ].filter((address) => !address.startsWith("127."));
+  const hint = (address: string) => `  ${commandsFor(address)}`;
+  if (host !== "0.0.0.0" && host !== "::") return ["Connect with:", hint(host)];
+  const sys = { name: "sys", kind: "networkInterfaces" } as const;
+  const lan = Deno.permissions.querySync(sys).state !== "granted"
+    ? undefined
+    : Deno.networkInterfaces().filter((nic) => nic.family === "IPv4")
+      .map((nic) => nic.address).filter((a) => !a.startsWith("127."));
   const lines = lan === undefined
     ? [
       "(Run with --allow-sys=networkInterfaces to list this PC's LAN addresses.)",
     ]
     : lan.length === 0
     ? ["This PC has no LAN address: only programs on it can connect."]
-    : [
-      "From another PC on this LAN:",
-      ...lan.map((address) => `  ${commandsFor(address)}`),
-    ];
-  return [...lines, "From this PC:", `  ${commandsFor("127.0.0.1")}`];
+    : ["From another PC on this LAN:", ...new Set(lan.map(hint))];
+  return [...lines, "From this PC:", hint("127.0.0.1")];
 }
 
-// ---------------------------------------------------------------------------
-// Beyond the lab: passwords, rate limits, idle peers
-// ---------------------------------------------------------------------------
+// --- Beyond the lab: passwords, rate limits, idle peers ---
 
-/** The environment variable that can hold the password. */
 export const PASSWORD_VARIABLE = "SOCKLAB_PASSWORD";
 
 /** The password from --password, or else from SOCKLAB_PASSWORD. */
@@ -851,20 +741,15 @@ export function passwordFrom(flag: unknown): string | undefined {
   return password;
 }
 
-/**
- * Compares a password with the expected one in constant time: both are
- * hashed first, so neither the time taken nor the lengths tell anything.
- */
+/** Compares passwords in constant time: hashed, so lengths tell nothing. */
 export function passwordMatches(given: string, expected: string): boolean {
   const digest = (text: string) => createHash("sha256").update(text).digest();
   return timingSafeEqual(digest(given), digest(expected));
 }
 
 /**
- * A rate limit that allows bursts (a token bucket): `burst` tokens,
- * refilled at `rate` a second, one per line or datagram. The first one
- * dropped gets a warning; a peer that goes on for `burst` more without a
- * second's pause is told to go.
+ * A token bucket: `burst` tokens, `rate` more a second, one per line. The
+ * first line dropped warns; `burst` more without a pause disconnect.
  */
 export class RateLimit {
   #tokens: number;
@@ -877,10 +762,8 @@ export class RateLimit {
   }
 
   check(now = performance.now()): "pass" | "warn" | "drop" | "disconnect" {
-    this.#tokens = Math.min(
-      this.burst,
-      this.#tokens + (now - this.#last) * this.rate / 1000,
-    );
+    const refill = (now - this.#last) * this.rate / 1000;
+    this.#tokens = Math.min(this.burst, this.#tokens + refill);
     this.#last = now;
     if (this.#tokens >= 1) {
       this.#tokens -= 1;
@@ -894,19 +777,16 @@ export class RateLimit {
   }
 }
 
-/**
- * Checks a few times per `timeoutMs` for peers silent that long, and
- * hands each to `drop`: the one idle sweep of every service.
- * @returns the timer, to clear when the server stops
- */
+/** The one idle sweep: hands peers silent for `timeoutMs` to `drop`. */
 export function sweepIdle<Peer extends { lastHeard: number }>(
   timeoutMs: number,
   peers: () => Iterable<Peer>,
   drop: (peer: Peer) => void,
 ): ReturnType<typeof setInterval> | undefined {
   if (timeoutMs <= 0) return undefined;
+  const every = Math.min(1000, Math.max(50, timeoutMs / 4));
   return setInterval(() => {
     const oldest = performance.now() - timeoutMs;
     for (const peer of [...peers()]) if (peer.lastHeard < oldest) drop(peer);
-  }, Math.min(1000, Math.max(50, timeoutMs / 4)));
+  }, every);
 }

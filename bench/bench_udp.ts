@@ -21,13 +21,16 @@ import {
   round,
   startScript,
 } from "./measure.ts";
-import {
-  argsOrExit,
-  parseChoice,
-  parseFlags,
-  parseNumberFlag,
-  wholeFlag,
-} from "../shared.ts";
+import { argsOrExit, type FlagRow, parseFlags } from "../shared.ts";
+
+const FLAGS = {
+  service: { choices: ["echo", "month", "both"], default: "both" },
+  clients: { range: [1, 1000], default: "10" },
+  requests: { range: [1, 1_000_000], default: "1000" },
+  timeout: { range: [1, 60_000], default: "1000" },
+  drop: { range: [0, 1, "number"], default: "0" },
+  json: { on: true },
+} satisfies Record<string, FlagRow>;
 
 const USAGE = `socklab bench:udp: request rate, loss and round trips over UDP
 
@@ -56,32 +59,16 @@ export interface UdpBenchOptions {
 
 /** @throws {UsageError} for a bad flag */
 export function parseUdpBenchArgs(args: string[]): UdpBenchOptions {
-  const flags = parseFlags(args, {
-    positionals: 0,
-    string: ["service", "clients", "requests", "timeout", "drop"],
-    boolean: ["json", "help"],
-    alias: { h: "help" },
-    default: {
-      service: "both",
-      clients: "10",
-      requests: "1000",
-      timeout: "1000",
-      drop: "0",
-    },
-  });
-  const service = parseChoice("service", flags.service, [
-    "echo",
-    "month",
-    "both",
-  ]);
+  const flags = parseFlags(args, FLAGS, 0);
+  const service = flags.service as "echo" | "month" | "both";
   return {
     services: service === "both" ? ["echo", "month"] : [service],
-    clients: wholeFlag(flags, "clients", 1, 1000),
-    requests: wholeFlag(flags, "requests", 1, 1_000_000),
-    timeoutMs: wholeFlag(flags, "timeout", 1, 60_000),
-    drop: parseNumberFlag("drop", flags.drop, { min: 0, max: 1 }),
+    clients: flags.clients as number,
+    requests: flags.requests as number,
+    timeoutMs: flags.timeout as number,
+    drop: flags.drop as number,
     json: flags.json === true,
-    help: flags.help === true,
+    help: flags.help,
   };
 }
 

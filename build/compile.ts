@@ -13,7 +13,7 @@
  * @module
  */
 
-import { argsOrExit, parseFlags, UsageError } from "../shared.ts";
+import { argsOrExit, type FlagRow, parseFlags, UsageError } from "../shared.ts";
 
 /** The platforms of lab PCs, as Deno names them. */
 export const TARGETS = [
@@ -84,24 +84,20 @@ export interface CompileOptions {
   help: boolean;
 }
 
+const FLAGS = {
+  program: {},
+  target: {},
+  native: { on: true },
+  out: { default: "dist" },
+} satisfies Record<string, FlagRow>;
+
 /**
  * Reads the compile task's arguments.
  * @throws {UsageError} for an unknown program or target
  */
 export function parseCompileArgs(args: string[]): CompileOptions {
-  const flags = parseFlags(args, {
-    string: ["program", "target", "out"],
-    boolean: ["native", "help"],
-    collect: ["program", "target"],
-    alias: { h: "help" },
-    default: { out: "dist" },
-  });
-  if (flags._.length > 0) {
-    throw new UsageError(`Unexpected argument "${flags._[0]}"`);
-  }
-  const list = (value: unknown) =>
-    value === undefined ? [] : [value].flat().map(String);
-  const programs = list(flags.program);
+  const flags = parseFlags(args, FLAGS, 0);
+  const programs = everyValue(args, "program");
   for (const program of programs) {
     if (!(program in PROGRAMS)) {
       throw new UsageError(
@@ -111,7 +107,7 @@ export function parseCompileArgs(args: string[]): CompileOptions {
   }
   const targets = flags.native === true
     ? [Deno.build.target]
-    : list(flags.target);
+    : everyValue(args, "target");
   for (const target of targets) {
     if (!(TARGETS as readonly string[]).includes(target)) {
       throw new UsageError(
@@ -123,8 +119,30 @@ export function parseCompileArgs(args: string[]): CompileOptions {
     programs: programs.length > 0 ? programs : Object.keys(PROGRAMS),
     targets: targets.length > 0 ? targets : [...TARGETS],
     outDir: String(flags.out),
-    help: flags.help === true,
+    help: flags.help,
   };
+}
+
+/**
+ * Every value of a flag that may be given more than once (--program,
+ * --target), in order: `parseFlags` keeps the last one only. Read as
+ * parseArgs reads a text flag: `--flag=VALUE`, or `--flag VALUE` unless
+ * VALUE looks like a flag (then the value is empty); nothing after `--`.
+ */
+function everyValue(args: string[], flag: "program" | "target"): string[] {
+  const values: string[] = [];
+  for (let i = 0; i < args.length && args[i] !== "--"; i++) {
+    if (args[i].startsWith(`--${flag}=`)) {
+      values.push(args[i].slice(flag.length + 3));
+    } else if (args[i] === `--${flag}`) {
+      const next = args[i + 1];
+      const isValue = next !== undefined &&
+        (!next.startsWith("-") || next === "-");
+      values.push(isValue ? next : "");
+      if (isValue) i++;
+    }
+  }
+  return values;
 }
 
 /** The file name a person knows to copy, like socklab-client-x86_64-pc-windows-msvc.exe. */

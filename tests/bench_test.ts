@@ -78,14 +78,14 @@ Deno.test("deno task bench --connect batched connects 8 at a time, and raises --
     "--clients",
     "2",
     "--messages",
-    "8000",
+    "10000",
     "--warmup",
     "0",
     "--connect",
     "batched",
   ]);
   assertEquals(report.connect, "batched");
-  assertEquals([report.delivered, report.lost], [16000, 0]);
+  assertEquals([report.delivered, report.lost], [20000, 0]);
   assertMatch(
     report.notes[0],
     /--rate-limit 0 --max-pending \d+: .*more than the default 1 MiB/,
