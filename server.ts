@@ -13,8 +13,8 @@
  * (`listen`); 2. accept (`acceptLoop`); 3. receive (`receiveLines`);
  * 4. the protocol (`handleLine`: the chat's hands each line to the chat
  * room of shared.ts); 5. send (`send`); 6. close (`close`). Then the
- * operator's console, what goes beyond the lab (limits, password, TLS),
- * the inventory service, and `main`.
+ * operator's console, what goes beyond the lab (limits, password, TLS,
+ * the outbox), the inventory service, and `main`.
  * @module
  */
 
@@ -58,15 +58,11 @@ import {
   writeAll,
 } from "./shared.ts";
 
-// ---------------------------------------------------------------------------
-// 1. Create, bind, listen
-// ---------------------------------------------------------------------------
+// --- 1. Create, bind, listen ------------------------------------------------
 
 /**
- * Creates a TCP socket, binds it to `host:port` and listens: Deno does
- * the three in one call. From then on the kernel completes connections by
- * itself and queues them (the backlog) until `accept` takes them. With a
- * certificate, each connection speaks TLS.
+ * Creates a TCP socket, binds it to `host:port` and listens: one call in
+ * Deno. The kernel then queues connections (the backlog) until `accept`.
  */
 export function listen(
   { host, port, tls }: { host: string; port: number; tls?: TlsFiles },
@@ -75,93 +71,73 @@ export function listen(
   return Deno.listen({ hostname: host, port });
 }
 
-// ---------------------------------------------------------------------------
-// 2. Accept
-// ---------------------------------------------------------------------------
+// --- 2. Accept --------------------------------------------------------------
 
 /**
- * Takes each connection from the backlog and serves it, until the
- * listener is closed. The iterative and the concurrent server differ by
- * one `await`: the iterative one serves a client to the end before it
- * accepts the next; the concurrent one goes straight back to accept.
+ * Takes each connection from the backlog and serves it. The iterative and
+ * the concurrent server differ by one `await`: the iterative one serves a
+ * client to the end before it accepts the next.
  */
 async function acceptLoop(
-  listener: Deno.Listener,
+  server: TcpServer,
   serve: (conn: Deno.Conn) => Promise<void>,
-  { iterative, log, trace, stopping }: {
-    iterative: boolean;
-    log: (text: string) => void;
-    trace: Trace;
-    stopping: () => boolean;
-  },
 ): Promise<void> {
   while (true) {
     let conn;
     try {
-      conn = await listener.accept();
+      conn = await server.listener.accept();
     } catch (error) {
       if (isClosedByUs(error)) return; // the server is stopping
       // Out of file descriptors, for example: wait a little, go on.
-      log(`cannot accept a connection: ${networkReason(error)}`);
+      server.log(`cannot accept a connection: ${networkReason(error)}`);
       await new Promise((resolve) => setTimeout(resolve, 100));
       continue;
     }
-    trace?.(`accept ${addressText(conn.remoteAddr)}`);
-    if (iterative) {
+    server.options.trace?.(`accept ${addressText(conn.remoteAddr)}`);
+    if (server.options.iterative) {
       await serve(conn);
-      if (!stopping()) log("waiting for the next client in the backlog");
+      const next = "waiting for the next client in the backlog";
+      if (!server.stopping) server.log(next);
     } else {
       serve(conn);
     }
   }
 }
 
-// ---------------------------------------------------------------------------
-// 3. Receive
-// ---------------------------------------------------------------------------
+// --- 3. Receive -------------------------------------------------------------
 
 /** One connection: its socket, and what the server knows of it. */
 class Client {
-  /** Its name in the chat; empty until it joins. */
-  name = "";
-  /** When its last line came (performance.now()), for --idle-timeout. */
-  lastHeard = performance.now();
-  /** Set once, when it leaves, with the reason. */
-  leftBecause?: string;
-  /** Settles when its connection is closed. */
-  closed?: Promise<void>;
-  /** Past the password (or there is none)? */
-  admitted = false;
+  readonly address: string;
+  readonly outbox: Outbox;
+  name = ""; // its name in the chat; empty until it joins
+  lastHeard = performance.now(); // when its last line came, for --idle-timeout
+  leftBecause?: string; // set once, when it leaves, with the reason
+  closed?: Promise<void>; // settles when its connection is closed
+  admitted = false; // past the password (or there is none)
   wrongPasswords = 0;
   rate?: RateLimit;
   /** Chat: joins it as a guest if its first line does not come soon. */
   nameTimer?: ReturnType<typeof setTimeout>;
-  readonly address: string;
-  readonly outbox: Outbox;
-
   constructor(readonly conn: Deno.Conn, options: ServerOptions) {
     this.address = addressText(conn.remoteAddr);
     const label = () => this.name || this.address;
-    this.outbox = new Outbox(
-      conn,
-      options.maxPendingBytes,
-      label,
-      options.trace,
-    );
+    const { maxPendingBytes, trace } = options;
+    this.outbox = new Outbox(conn, maxPendingBytes, label, trace);
   }
 }
 
+type LineHandler = (line: Frame) => void | Promise<void>;
+
 /**
- * Receive: reads bytes as they come and hands each whole line to
- * `onLine`. TCP is a byte stream: a read may hold half a line or many,
- * so a {@linkcode LineFramer} keeps bytes until a line end arrives.
- * @returns why the connection ended
+ * Receive: hands each whole line to `onLine`; returns why the connection
+ * ended. TCP is a byte stream: a read may hold half a line or many, so a
+ * {@linkcode LineFramer} keeps bytes until a line end arrives.
  */
 async function receiveLines(
   client: Client,
-  maxLineBytes: number,
-  onLine: (line: Frame) => void | Promise<void>,
-  trace: Trace,
+  { maxLineBytes, trace }: ServerOptions,
+  onLine: LineHandler,
 ): Promise<string> {
   const framer = new LineFramer(maxLineBytes);
   let buffer = new Uint8Array(1024);
@@ -189,15 +165,9 @@ async function receiveLines(
   }
 }
 
-/**
- * Hands each line to `onLine`, waiting only when it returns a promise (the
- * inventory's saves): the chat handles a read's lines in one go, so what
- * they send leaves together.
- */
-async function handleAll(
-  lines: Frame[],
-  onLine: (line: Frame) => void | Promise<void>,
-): Promise<void> {
+// Awaits only the promises (the inventory's saves): the chat handles a
+// read's lines in one go, so what they send leaves together.
+async function handleAll(lines: Frame[], onLine: LineHandler): Promise<void> {
   for (const line of lines) {
     const handled = onLine(line);
     if (handled) await handled;
@@ -212,19 +182,14 @@ function isDisconnect(error: unknown): boolean {
     .some((kind) => error instanceof kind);
 }
 
-// ---------------------------------------------------------------------------
-// A TCP server: each connection from accept to close
-// ---------------------------------------------------------------------------
+// --- The TCP server: each connection from accept to close -------------------
 
 /**
- * What the chat and the inventory share: the listening socket, the
- * accept loop, and each connection's life: receive its lines, hand each
- * to the service's protocol, send, close. Each service says what a line
- * means ({@linkcode TcpServer.handleLine}) and how it words an error.
+ * What the chat and the inventory share: each connection's life from
+ * accept to close. Each service says what a line means (`handleLine`).
  */
 abstract class TcpServer extends Stoppable {
-  /** Settles when the server has stopped accepting. */
-  readonly finished: Promise<void>;
+  readonly finished: Promise<void>; // settles when it stops accepting
   readonly #clients = new Set<Client>();
   readonly #idleSweep;
 
@@ -236,113 +201,86 @@ abstract class TcpServer extends Stoppable {
     this.#idleSweep = sweepIdle(
       options.idleTimeoutMs,
       () => this.#clients,
-      (client) => {
-        this.sendError(
-          client,
-          `idle for ${options.idleTimeoutMs / 1000} s: disconnecting`,
-        );
-        this.close(client, "idle");
-      },
+      (client) => dropIdle(this, client),
     );
-    this.finished = acceptLoop(listener, (conn) => this.#serve(conn), {
-      iterative: options.iterative,
-      log: (text) => this.log(text),
-      trace: options.trace,
-      stopping: () => this.stopping,
-    });
+    this.finished = acceptLoop(this, (conn) => this.#serve(conn));
   }
 
   /** The address actually bound (port 0 becomes a real port). */
   get addr(): Deno.NetAddr {
     return this.listener.addr as Deno.NetAddr;
   }
-
   /** One client, from accept to close. */
   async #serve(conn: Deno.Conn): Promise<void> {
     const client = new Client(conn, this.options);
     this.log(`connection from ${client.address}`);
     if (this.#clients.size >= this.options.maxClients) {
-      return await this.#refuseFull(client);
+      return await refuseFull(this, client);
     }
     this.#clients.add(client);
-    const { password, maxLineBytes, trace } = this.options;
-    client.admitted = !password;
-    if (password) this.askPassword(client);
-    else this.admit(client);
-    const reason = await receiveLines(
-      client,
-      maxLineBytes,
-      (line) => this.#onLine(client, line),
-      trace,
-    );
+    client.admitted = !this.options.password;
+    if (client.admitted) this.admit(client);
+    else this.askPassword(client);
+    const onLine = (line: Frame) => this.#onLine(client, line);
+    const reason = await receiveLines(client, this.options, onLine);
     this.close(client, reason);
     await client.closed;
   }
 
   /** A line: too long, before the password, or the service's to handle. */
-  #onLine(client: Client, line: Frame): void | Promise<void> {
+  #onLine(client: Client, line: Frame): ReturnType<LineHandler> {
     if (client.leftBecause) return;
     if (line === LINE_TOO_LONG) {
-      this.log(
-        `${client.name || client.address} sent a line that was too long`,
-      );
+      const who = client.name || client.address;
+      this.log(`${who} sent a line that was too long`);
       return this.sendError(client, this.tooLong());
     }
-    if (!client.admitted) return this.#authenticate(client, line);
+    if (!client.admitted) return authenticate(this, client, line);
     return this.handleLine(client, line);
   }
 
-  // 4. The protocol: what a line means is the service's -------------------
+  // --- 4. The protocol: what a line means is the service's ------------------
 
-  /** A client may now use the service (there is no password, or it gave it). */
-  protected abstract admit(client: Client): void;
-  /** One line from an admitted client. */
+  /** A client may now use the service (no password, or it gave it). */
+  abstract admit(client: Client): void;
+  protected askPassword(_client: Client): void {} // with --password
   protected abstract handleLine(
     client: Client,
     line: string,
-  ): void | Promise<void>;
+  ): ReturnType<LineHandler>;
   /** An error, in the service's words: `! text`, or a JSON reply. */
-  protected abstract errorText(text: string): string;
-  /** What a client whose line was too long is told. */
-  protected abstract tooLong(): string;
+  abstract errorText(text: string): string;
+  protected abstract tooLong(): string; // what a line that is too long gets
 
-  // 5. Send ------------------------------------------------------------------
+  // --- 5. Send --------------------------------------------------------------
 
-  /**
-   * Send: the bytes go into the client's outbox, which writes them in the
-   * background, so a client that reads slowly delays nobody else. A client
-   * with too much unread output is told once, and dropped.
-   */
+  // Send: into the client's outbox, which writes in the background, so a
+  // slow reader delays nobody. One with too much unread output is dropped.
   send(client: Client, bytes: Uint8Array): void {
     if (client.leftBecause || client.outbox.send(bytes)) return;
-    client.outbox.send(
-      encodeLine(this.errorText("too much unread output: disconnecting")),
-      true,
-    );
+    const tooSlow = this.errorText("too much unread output: disconnecting");
+    client.outbox.send(encodeLine(tooSlow), true);
     this.close(client, "too slow");
   }
 
   sendLine(client: Client, line: string): void {
     this.send(client, encodeLine(line));
   }
-
   sendError(client: Client, text: string): void {
     this.sendLine(client, this.errorText(text));
   }
 
-  // 6. Close -----------------------------------------------------------------
+  // --- 6. Close -------------------------------------------------------------
 
   /** Closes a client's connection once its last lines are sent. */
   close(client: Client, reason: string): void {
     if (client.leftBecause) return;
     client.leftBecause = reason;
-    this.options.trace?.(`close ${client.name || client.address}: ${reason}`);
     this.#clients.delete(client);
     this.left(client, reason);
-    client.closed = client.outbox.close();
+    client.closed = client.outbox.close(reason);
   }
 
-  /** The client has gone: the service says so. */
   protected left(client: Client, reason: string): void {
     this.log(`${client.address} disconnected (${reason})`);
   }
@@ -360,60 +298,28 @@ abstract class TcpServer extends Stoppable {
     this.log("stopped");
   }
 
-  /** What the service does before its clients are closed. */
-  protected abstract beforeShutdown(): Promise<void>;
-
+  protected abstract beforeShutdown(): Promise<void>; // e.g. finish saving
   log(text: string): void {
     this.options.print(logLine(text));
   }
+}
 
-  // Beyond the lab: the client cap and the password --------------------------
-
-  /** Tells a connection over --max-clients, and closes it. */
-  async #refuseFull(client: Client): Promise<void> {
-    this.log(`refused ${client.address}: server full`);
-    await writeAll(client.conn, encodeLine(this.errorText("server full")))
-      .catch(() => {});
-    closeQuietly(client.conn);
-  }
-
-  /** With a password, a client must send `/auth PASSWORD` first. */
-  protected askPassword(_client: Client): void {}
-
-  /** Before `/auth` with the right password, a client may do nothing else. */
-  #authenticate(client: Client, line: string): void {
-    const [command, given] = splitFirstWord(line.trim());
-    if (command === "") return;
-    if (command.toLowerCase() !== "/auth") {
-      return this.sendError(client, SAYS.authenticateFirst);
-    }
-    // The password itself is never logged.
-    if (passwordMatches(given, this.options.password ?? "")) {
-      client.admitted = true;
-      this.log(`${client.address} authenticated`);
-      return this.admit(client);
-    }
-    client.wrongPasswords++;
-    this.log(
-      `${client.address} sent a wrong password (${client.wrongPasswords} of ${PASSWORD_TRIES})`,
-    );
-    this.sendError(client, SAYS.wrongPassword);
-    if (client.wrongPasswords < PASSWORD_TRIES) return;
-    this.sendError(client, "too many wrong passwords: disconnecting");
-    this.close(client, "wrong password");
+/** Closes a socket that may be closed already. */
+function closeQuietly(socket: { close(): void }): void {
+  try {
+    socket.close();
+  } catch {
+    // Already closed.
   }
 }
 
-/** Wrong passwords a connection may send before it is closed. */
-const PASSWORD_TRIES = 3;
-
-// ---------------------------------------------------------------------------
-// 4. The chat's protocol: the chat room's rules over TCP
-// ---------------------------------------------------------------------------
+// --- 4. The chat's protocol: the chat room's rules over TCP -----------------
 
 /** A running chat server: each line goes to the chat room (shared.ts). */
 export class ChatServer extends TcpServer {
   readonly room: ChatRoom<Client>;
+  #batch: string[] = [];
+  #batchSkips?: Client;
 
   /** Creates, binds and listens, then accepts clients. */
   static start(options: Partial<ServerOptions> = {}): ChatServer {
@@ -438,26 +344,25 @@ export class ChatServer extends TcpServer {
     });
   }
 
-  /**
-   * A client joins on its first line, or as a guest once a moment passes
-   * without one: a client whose first line is `/nick NAME` (client.ts
-   * sends it at once) joins under that name, with one welcome.
-   */
-  protected admit(client: Client): void {
+  // A client joins on its first line, or as a guest if none comes soon:
+  // one whose first line is `/nick NAME` (client.ts) joins under that name.
+  admit(client: Client): void {
     const { rateLimit, burst, nameWaitMs } = this.options;
     if (rateLimit > 0) client.rate = new RateLimit(rateLimit, burst);
     client.nameTimer = setTimeout(() => this.#join(client), nameWaitMs);
+  }
+
+  protected override askPassword(client: Client): void {
+    this.sendLine(client, SAYS.passwordNeeded);
   }
 
   #join(client: Client, name?: string): void {
     clearTimeout(client.nameTimer);
     client.nameTimer = undefined;
     this.room.join(client, name);
-    if (this.options.iterative) {
-      this.log(
-        `serving ${client.name} alone; other clients wait in the backlog until it leaves`,
-      );
-    }
+    if (!this.options.iterative) return;
+    const others = "other clients wait in the backlog until it leaves";
+    this.log(`serving ${client.name} alone; ${others}`);
   }
 
   /** The protocol: the first line may name the client; then, the room's rules. */
@@ -470,7 +375,7 @@ export class ChatServer extends TcpServer {
       this.#join(client, named && !problem ? input.rest : undefined);
       if (named) return;
     }
-    if (!this.#withinRateLimit(client)) return;
+    if (!withinRateLimit(this, client)) return;
     if (input.kind === "command" && input.command === "/auth") {
       const already = this.options.password
         ? "you are in already"
@@ -480,11 +385,8 @@ export class ChatServer extends TcpServer {
     this.room.handle(client, line);
   }
 
-  /**
-   * Send: a line to everyone in the room but `except`. The lines of one
-   * read are gathered and go out together, encoded once for all: one
-   * piece in each client's outbox, however many lines the read held.
-   */
+  // Send to everyone but `except`. A read's lines are gathered, encoded
+  // once for all, and go as one piece into each client's outbox.
   #broadcast(line: string, except?: Client): void {
     if (this.#batch.length > 0 && except !== this.#batchSkips) {
       this.#sendBatch();
@@ -492,9 +394,6 @@ export class ChatServer extends TcpServer {
     if (this.#batch.push(line) === 1) queueMicrotask(() => this.#sendBatch());
     this.#batchSkips = except;
   }
-
-  #batch: string[] = [];
-  #batchSkips?: Client;
 
   #sendBatch(): void {
     if (this.#batch.length === 0) return;
@@ -512,10 +411,9 @@ export class ChatServer extends TcpServer {
     super.sendLine(client, line);
   }
 
-  protected errorText(text: string): string {
+  errorText(text: string): string {
     return errorLine(text);
   }
-
   protected tooLong(): string {
     return `line too long (over ${this.options.maxLineBytes} bytes): it was not sent`;
   }
@@ -534,22 +432,19 @@ export class ChatServer extends TcpServer {
     return Promise.resolve();
   }
 
-  // -------------------------------------------------------------------------
-  // The operator's console
-  // -------------------------------------------------------------------------
+  // --- The operator's console -----------------------------------------------
 
   /** One line typed at the server's console: a message, or a command. */
   operatorSays(line: string): void {
     const input = parseChatInput(line);
-    const print = this.options.print;
+    const { print, operatorName } = this.options;
+    const commands = "/who, /kick NAME, /quit";
     if (input.kind === "empty") return;
     if (input.kind === "message") {
       if (this.room.members.size === 0) {
         return print("* no one is connected to hear that");
       }
-      return this.#broadcast(
-        messageLine(this.options.operatorName, input.text),
-      );
+      return this.#broadcast(messageLine(operatorName, input.text));
     }
     switch (input.command) {
       case "/who":
@@ -560,15 +455,9 @@ export class ChatServer extends TcpServer {
         this.stop();
         return;
       case "/help":
-        return print(
-          "* console: TEXT to send to everyone, /who, /kick NAME, /quit",
-        );
+        return print(`* console: TEXT to send to everyone, ${commands}`);
       default:
-        print(
-          errorLine(
-            `unknown command "${input.command}": try /who, /kick NAME, /quit`,
-          ),
-        );
+        print(errorLine(`unknown command "${input.command}": try ${commands}`));
     }
   }
 
@@ -579,36 +468,10 @@ export class ChatServer extends TcpServer {
     this.sendLine(client, noticeLine("you were kicked by the operator"));
     this.close(client, "kicked");
   }
-
-  // -------------------------------------------------------------------------
-  // Beyond the lab: the password notice, the flood limit
-  // -------------------------------------------------------------------------
-
-  protected override askPassword(client: Client): void {
-    this.sendLine(client, SAYS.passwordNeeded);
-  }
-
-  /** Applies the flood limit to one line: false when it is dropped. */
-  #withinRateLimit(client: Client): boolean {
-    const verdict = client.rate?.check() ?? "pass";
-    if (verdict === "warn") {
-      const rate = this.options.rateLimit;
-      this.sendError(
-        client,
-        `slow down: at most ${rate} lines a second; lines beyond that are dropped`,
-      );
-      this.log(`${client.name} is flooding: lines dropped`);
-    } else if (verdict === "disconnect") {
-      this.sendError(client, "disconnected for flooding");
-      this.close(client, "flooding");
-    }
-    return verdict === "pass";
-  }
 }
 
-// ---------------------------------------------------------------------------
-// Beyond the lab: options, limits, TLS, and the outbox
-// ---------------------------------------------------------------------------
+// --- Beyond the lab: options and limits, password, TLS, the outbox ----------
+// The lab's steps are all above; what follows keeps real clients in check.
 
 /** How a server runs, with its defaults. */
 const DEFAULTS = {
@@ -632,22 +495,68 @@ const DEFAULTS = {
 export type ServerOptions = typeof DEFAULTS & {
   password?: string;
   tls?: TlsFiles;
-  /** Inventory: the file that keeps the stock. */
-  dataFile?: string;
-  /** Prints each socket step, for study (--trace). */
-  trace?: (step: string) => void;
+  dataFile?: string; // inventory: the file that keeps the stock
+  trace?: Trace; // prints each socket step, for study (--trace)
 };
 
-/** A certificate and its private key, as PEM text. */
+/** TLS: a certificate and its private key, as PEM text. */
 type TlsFiles = { cert: string; key: string };
 
-/** Closes a socket that may be closed already. */
-function closeQuietly(socket: { close(): void }): void {
-  try {
-    socket.close();
-  } catch {
-    // Already closed.
+/** Tells a connection over --max-clients, and closes it. */
+async function refuseFull(server: TcpServer, client: Client): Promise<void> {
+  server.log(`refused ${client.address}: server full`);
+  const full = encodeLine(server.errorText("server full"));
+  await writeAll(client.conn, full).catch(() => {});
+  closeQuietly(client.conn);
+}
+
+/** Tells a client silent for --idle-timeout, and closes it. */
+function dropIdle(server: TcpServer, client: Client): void {
+  const seconds = server.options.idleTimeoutMs / 1000;
+  server.sendError(client, `idle for ${seconds} s: disconnecting`);
+  server.close(client, "idle");
+}
+
+/** Chat: applies the flood limit to one line; false when it is dropped. */
+function withinRateLimit(server: ChatServer, client: Client): boolean {
+  const verdict = client.rate?.check() ?? "pass";
+  if (verdict === "warn") {
+    const rate = server.options.rateLimit;
+    server.sendError(
+      client,
+      `slow down: at most ${rate} lines a second; lines beyond that are dropped`,
+    );
+    server.log(`${client.name} is flooding: lines dropped`);
+  } else if (verdict === "disconnect") {
+    server.sendError(client, "disconnected for flooding");
+    server.close(client, "flooding");
   }
+  return verdict === "pass";
+}
+
+/** Wrong passwords a connection may send before it is closed. */
+const PASSWORD_TRIES = 3;
+
+/** Before `/auth` with the right password, a client may do nothing else. */
+function authenticate(server: TcpServer, client: Client, line: string): void {
+  const [command, given] = splitFirstWord(line.trim());
+  if (command === "") return;
+  if (command.toLowerCase() !== "/auth") {
+    return server.sendError(client, SAYS.authenticateFirst);
+  }
+  // The password itself is never logged.
+  if (passwordMatches(given, server.options.password ?? "")) {
+    client.admitted = true;
+    server.log(`${client.address} authenticated`);
+    return server.admit(client);
+  }
+  client.wrongPasswords++;
+  const tries = `${client.wrongPasswords} of ${PASSWORD_TRIES}`;
+  server.log(`${client.address} sent a wrong password (${tries})`);
+  server.sendError(client, SAYS.wrongPassword);
+  if (client.wrongPasswords < PASSWORD_TRIES) return;
+  server.sendError(client, "too many wrong passwords: disconnecting");
+  server.close(client, "wrong password");
 }
 
 /** How long a leaving client may take to receive its last lines. */
@@ -659,15 +568,11 @@ function follows(piece: Uint8Array, next: Uint8Array): boolean {
     next.byteOffset === piece.byteOffset + piece.length;
 }
 
-/**
- * Where the room's lines are encoded, once for everyone, one after the
- * other in a shared buffer. Lines of many reads that follow each other
- * there reach an outbox as one piece: one write, and no copy.
- */
+// Where the room's lines are encoded, once for everyone, one after the
+// other: lines that follow each other reach an outbox as one piece.
 class RelayBuffer {
   #buffer = new Uint8Array(256 * 1024);
   #used = 0;
-
   encode(text: string): Uint8Array {
     const most = text.length * 3; // the most UTF-8 bytes it can take
     if (most > this.#buffer.length) return new TextEncoder().encode(text);
@@ -686,11 +591,10 @@ const relayEncoder = new TextEncoder();
 const relayBuffer = new RelayBuffer();
 
 /**
- * What is waiting to be sent to one client, behind one call:
- * `outbox.send(bytes)`. Each client has its own, so a slow reader delays
- * nobody else, and it is capped, so such a client cannot grow the
- * server's memory without bound. What is queued while the server handles
- * a read goes out in one write.
+ * Why the outbox: each client has its own, so a slow reader delays nobody
+ * else, and it is capped, so such a client cannot grow the server's memory
+ * without bound. What is queued while the server handles a read goes out
+ * in one write.
  */
 class Outbox {
   #pending: Uint8Array[] = [];
@@ -705,11 +609,7 @@ class Outbox {
     readonly label: () => string,
     readonly trace: Trace,
   ) {}
-
-  /**
-   * @param force queue it even past the cap (a last line)
-   * @returns false when the client has too much waiting already
-   */
+  /** False when too much is waiting already; `force` passes the cap. */
   send(bytes: Uint8Array, force = false): boolean {
     if (this.#stopped) return true;
     if (!force && this.#pendingBytes + bytes.length > this.maxPendingBytes) {
@@ -719,11 +619,8 @@ class Outbox {
     const last = this.#pending.at(-1);
     if (last && follows(last, bytes)) {
       const { buffer, byteOffset, length } = last;
-      this.#pending[this.#pending.length - 1] = new Uint8Array(
-        buffer,
-        byteOffset,
-        length + bytes.length,
-      );
+      const longer = new Uint8Array(buffer, byteOffset, length + bytes.length);
+      this.#pending[this.#pending.length - 1] = longer;
     } else {
       this.#pending.push(bytes);
     }
@@ -733,13 +630,14 @@ class Outbox {
   }
 
   /** Takes no more; sends what is queued (a few seconds at most), then closes. */
-  async close(): Promise<void> {
+  async close(reason: string): Promise<void> {
     this.#stopped = true;
     const timer = setTimeout(() => closeQuietly(this.conn), FINAL_FLUSH_MS);
     await this.#writing;
     clearTimeout(timer);
     // Close: release the socket; the client sees the end of the stream.
     closeQuietly(this.conn);
+    this.trace?.(`close ${this.label()}: ${reason}`);
   }
 
   async #writeQueued(): Promise<void> {
@@ -785,9 +683,7 @@ class Outbox {
   }
 }
 
-// ---------------------------------------------------------------------------
-// The inventory service: one request and one JSON reply per line
-// ---------------------------------------------------------------------------
+// --- The inventory service: one request and one JSON reply per line ---------
 
 type Change = { action: "add" | "remove"; item: string; quantity: number };
 type InventoryRequest = Change | { action: "view" } | { action: "help" };
@@ -796,10 +692,9 @@ type InventoryRequest = Change | { action: "view" } | { action: "help" };
 class BadRequest extends Error {}
 
 /**
- * Reads one request line: a JSON object, or the same as words for nc
- * users (`add Green Tea 5`: the quantity is the last word). JSON is data
- * and only data: it is never run, as pickle would be.
- * @throws {BadRequest} with the reason, for anything else
+ * A request is a JSON object, or the same as words for nc users (`add
+ * Green Tea 5`), else a BadRequest. Why JSON, not pickle: JSON is data
+ * only, never run.
  */
 function parseRequest(line: string): InventoryRequest {
   const text = line.trim();
@@ -871,11 +766,7 @@ export class InventoryServer extends TcpServer {
   readonly #stock: Map<string, number>;
   readonly #dataFile?: DataFile;
 
-  /**
-   * Loads the stock from the data file, if any; then creates, binds and
-   * listens, and accepts clients.
-   * @throws {DataFileError} when the data file cannot be read or is corrupt
-   */
+  /** Loads the data file, if any (or throws a DataFileError); listens. */
   static async start(options: Partial<ServerOptions> = {}) {
     const full = { ...DEFAULTS, ...options };
     const stock = full.dataFile ? await loadStock(full.dataFile) : {};
@@ -896,14 +787,11 @@ export class InventoryServer extends TcpServer {
   get stock(): Stock {
     return Object.fromEntries(this.#stock);
   }
-
   /** After /auth with the right password: a reply says so. */
-  protected admit(client: Client): void {
+  admit(client: Client): void {
     if (!this.options.password) return;
-    this.sendLine(
-      client,
-      JSON.stringify({ ok: true, message: "authenticated" }),
-    );
+    const reply = { ok: true, message: "authenticated" };
+    this.sendLine(client, JSON.stringify(reply));
   }
 
   /** Answers one request line with one JSON line, once a change is saved. */
@@ -929,19 +817,15 @@ export class InventoryServer extends TcpServer {
     return await this.#change(address, request);
   }
 
-  /**
-   * Adds or removes, saves, and only then says it is done: a request
-   * applies whole or changes nothing.
-   * @throws {BadRequest} when there is not that much to remove, or too much
-   */
+  // Adds or removes, saves, and only then says it is done: a request
+  // applies whole or changes nothing.
   async #change(address: string, change: Change): Promise<InventoryReply> {
     const { action, item, quantity } = change;
     const before = this.#stock.get(item) ?? 0;
     const after = action === "add" ? before + quantity : before - quantity;
-    if (after > Number.MAX_SAFE_INTEGER) {
-      throw new BadRequest(
-        `cannot add: ${item} would pass ${Number.MAX_SAFE_INTEGER} in stock`,
-      );
+    const most = Number.MAX_SAFE_INTEGER;
+    if (after > most) {
+      throw new BadRequest(`cannot add: ${item} would pass ${most} in stock`);
     }
     if (before === 0 && after < 0) throw new BadRequest(`no ${item} in stock`);
     if (after < 0) throw new BadRequest(`only ${before} ${item} in stock`);
@@ -961,21 +845,19 @@ export class InventoryServer extends TcpServer {
     return { ok: true, message, inventory: this.stock };
   }
 
-  /** An item that reaches 0 leaves the stock. */
+  // An item that reaches 0 leaves the stock.
   #set(item: string, quantity: number): void {
     if (quantity === 0) this.#stock.delete(item);
     else this.#stock.set(item, quantity);
   }
 
-  protected errorText(text: string): string {
+  errorText(text: string): string {
     return JSON.stringify(failure(text));
   }
-
   protected tooLong(): string {
     return `request too long (over ${this.options.maxLineBytes} bytes)`;
   }
 
-  /** Lets the last saves finish. */
   protected async beforeShutdown(): Promise<void> {
     await this.#dataFile?.idle();
   }
@@ -985,17 +867,12 @@ function failure(error: string): InventoryReply {
   return { ok: false, error };
 }
 
-// ---------------------------------------------------------------------------
-// The data file: saved after every change, so nothing acknowledged is lost
-// ---------------------------------------------------------------------------
+// --- The data file: each change is saved before it is acknowledged ----------
 
 /** The data file cannot be used: the message says why. */
 export class DataFileError extends Error {}
 
-/**
- * Reads the stock from `path`. A missing file is an empty stock.
- * @throws {DataFileError} when the file cannot be read or is not a stock
- */
+/** Reads the stock (a missing file is an empty one), or a DataFileError. */
 async function loadStock(path: string): Promise<Stock> {
   let data;
   try {
@@ -1012,11 +889,8 @@ async function loadStock(path: string): Promise<Stock> {
   }
   for (const [item, quantity] of Object.entries(data)) {
     if (Number.isSafeInteger(quantity) && (quantity as number) >= 1) continue;
-    const has = JSON.stringify(quantity);
-    throw corrupt(
-      path,
-      `"${item}" has ${has}, not a whole number of 1 or more`,
-    );
+    const has = `"${item}" has ${JSON.stringify(quantity)}`;
+    throw corrupt(path, `${has}, not a whole number of 1 or more`);
   }
   return data;
 }
@@ -1036,18 +910,16 @@ function fileReason(error: unknown): string {
 }
 
 /**
- * Saves the stock so that a crash (even kill -9) at any moment loses no
- * change that was acknowledged: write a temporary file in the same folder,
- * flush it to the disk, then rename it over the old one. A rename is
- * atomic: the file is always the old stock or the new. Changes that come
- * while a save runs are saved together in the next one.
+ * Saves so that a crash (even kill -9) loses no acknowledged change: write
+ * a temporary file, flush it to the disk, rename it over the old one. A
+ * rename is atomic: the file is always the old stock or the new. Changes
+ * made during a save go together in the next one.
  */
 class DataFile {
   #waiting: PromiseWithResolvers<void>[] = [];
   #saving?: Promise<void>;
 
   constructor(readonly path: string) {}
-
   /** Resolves once a save that includes the stock as it is now is on disk. */
   save(snapshot: () => Stock): Promise<void> {
     const saved = Promise.withResolvers<void>();
@@ -1055,8 +927,6 @@ class DataFile {
     this.#saving ??= this.#saveAll(snapshot);
     return saved.promise;
   }
-
-  /** Resolves when no save is running. */
   async idle(): Promise<void> {
     await this.#saving;
   }
@@ -1082,9 +952,7 @@ class DataFile {
   }
 }
 
-// ---------------------------------------------------------------------------
-// The program: flags, banner, console, main
-// ---------------------------------------------------------------------------
+// --- The program: flags, usage, banner, main --------------------------------
 
 const FLAGS = {
   port: { short: "p", port: true, default: String(DEFAULT_PORT) },
@@ -1106,13 +974,14 @@ const FLAGS = {
   "idle-timeout": { range: [0, 86_400] },
 } satisfies Record<string, FlagRow>;
 
-/** The limit flags, and the option each one sets. */
+/** The limit flags: the option each sets, and its unit (seconds become ms). */
 const LIMIT_OPTIONS = {
-  "max-line": "maxLineBytes",
-  "max-clients": "maxClients",
-  "max-pending": "maxPendingBytes",
-  "rate-limit": "rateLimit",
-  burst: "burst",
+  "max-line": ["maxLineBytes", 1],
+  "max-clients": ["maxClients", 1],
+  "max-pending": ["maxPendingBytes", 1],
+  "rate-limit": ["rateLimit", 1],
+  burst: ["burst", 1],
+  "idle-timeout": ["idleTimeoutMs", 1000],
 } as const;
 
 const USAGE = `socklab TCP chat server
@@ -1158,8 +1027,7 @@ export type ServerArgs = Partial<ServerOptions> & {
   host: string;
   port: number;
   tlsFiles?: { certFile: string; keyFile: string };
-  /** --trace: print each socket step. */
-  tracing: boolean;
+  tracing: boolean; // --trace: print each socket step
 };
 
 /** Reads the server's flags. @throws {UsageError} for a bad flag */
@@ -1171,19 +1039,15 @@ export function parseServerArgs(args: string[]): ServerArgs {
     throw new UsageError("--data goes with --service inventory");
   }
   if (dataFile === "") throw new UsageError("--data needs a file name");
-  const [certFile, keyFile] = [
-    flags["tls-cert"],
-    flags["tls-key"],
-  ] as (string | undefined)[];
+  const certFile = flags["tls-cert"] as string | undefined;
+  const keyFile = flags["tls-key"] as string | undefined;
   if ((certFile === undefined) !== (keyFile === undefined)) {
     throw new UsageError("--tls-cert and --tls-key go together");
   }
   const limits: Partial<ServerOptions> = {};
-  for (const [flag, option] of Object.entries(LIMIT_OPTIONS)) {
-    if (flags[flag] !== undefined) limits[option] = flags[flag] as number;
-  }
-  if (flags["idle-timeout"] !== undefined) {
-    limits.idleTimeoutMs = (flags["idle-timeout"] as number) * 1000;
+  for (const [flag, [option, unit]] of Object.entries(LIMIT_OPTIONS)) {
+    const value = flags[flag] as number | undefined;
+    if (value !== undefined) limits[option] = value * unit;
   }
   return {
     help: flags.help,
@@ -1206,28 +1070,23 @@ export function bannerLines(server: ChatServer | InventoryServer): string[] {
   const { hostname, port } = server.addr;
   const { iterative, tls, password, operatorName, dataFile } = server.options;
   const inventory = server instanceof InventoryServer;
-  const flags = (port === DEFAULT_PORT ? "" : ` --port ${port}`) +
-    (inventory ? " --service inventory" : "");
-  const clientFlags = tls ? `${flags} --tls --ca CERT.pem` : flags;
+  let flags = port === DEFAULT_PORT ? "" : ` --port ${port}`;
+  if (inventory) flags += " --service inventory";
+  if (tls) flags += " --tls --ca CERT.pem";
   const raw = (address: string) =>
     tls
       ? `openssl s_client -quiet -connect ${address}:${port}`
       : `nc ${address} ${port}`;
+  const commands = (address: string) =>
+    `deno run -A client.ts ${address}${flags}    or    ${raw(address)}`;
   const mode = iterative
     ? "iterative: one client at a time"
     : "concurrent: every client at once";
   const title = inventory ? "inventory service" : "chat server";
+  const where = `${hostname}:${port}${tls ? ", with TLS" : ""}`;
   return [
-    `socklab ${title} (${mode}) listening on ${hostname}:${port}${
-      tls ? ", with TLS" : ""
-    }`,
-    ...connectionHints(
-      hostname,
-      (address) =>
-        `deno run -A client.ts ${address}${clientFlags}    or    ${
-          raw(address)
-        }`,
-    ),
+    `socklab ${title} (${mode}) listening on ${where}`,
+    ...connectionHints(hostname, commands),
     ...(password
       ? ["A password is set: clients must send /auth PASSWORD first."]
       : []),
@@ -1239,7 +1098,7 @@ export function bannerLines(server: ChatServer | InventoryServer): string[] {
   ];
 }
 
-/** Reads the certificate and key files, or exits with a clear message. */
+/** TLS: reads the certificate and key files, or exits with a clear message. */
 async function readTlsFiles(
   { certFile, keyFile }: { certFile: string; keyFile: string },
 ): Promise<TlsFiles> {
@@ -1267,32 +1126,25 @@ async function main(): Promise<void> {
       ? ChatServer.start(full)
       : await InventoryServer.start(full);
   } catch (error) {
+    const where = `"${options.host}:${options.port}"`;
+    const cannotListen = `Cannot listen on ${where}: ${networkReason(error)}`;
     console.error(
-      error instanceof DataFileError
-        ? error.message
-        : `Cannot listen on "${options.host}:${options.port}": ${
-          networkReason(error)
-        }`,
+      error instanceof DataFileError ? error.message : cannotListen,
     );
     Deno.exit(1);
   }
   // Ready for Ctrl-C before the banner tells anyone the server is up.
   onStopSignals(() => server.stop());
   terminal.onInterrupt = () => server.stop();
-  trace?.(
-    `listen ${
-      addressText(server.addr)
-    }: the kernel now queues connecting clients`,
-  );
+  const bound = addressText(server.addr);
+  trace?.(`listen ${bound}: the kernel now queues connecting clients`);
   bannerLines(server).forEach(print);
   if (server instanceof ChatServer) {
     // The operator types into the console; when input ends, the server goes on.
     const chat = server;
+    const ended = "console input ended; the server goes on";
     terminal.readLines((line) => chat.operatorSays(line))
-      .then(() =>
-        chat.stopping ||
-        print(logLine("console input ended; the server goes on"))
-      );
+      .then(() => chat.stopping || print(logLine(ended)));
   }
   await server.finished;
   await server.stop();

@@ -207,7 +207,8 @@ export class UdpServer extends Stoppable {
       ? [input.command, input.rest]
       : ["", ""];
     if (command === "/ping") return this.#send(from, SAYS.pong);
-    if (command === "/join") {
+    // A stranger's /nick NAME joins as NAME, as /join NAME does.
+    if (command === "/join" || (command === "/nick" && !peer)) {
       if (!peer) return this.#joinAs(sender, rest);
       const already = `you already joined as ${peer.name}`;
       return this.#error(from, `${already} (/nick NAME changes it)`);

@@ -419,3 +419,36 @@ Deno.test({
     assertEquals((await nc.status()).code, 0);
   },
 });
+
+Deno.test("server.ts --trace logs each socket step: listen, accept, read, write, close", async () => {
+  await using server = Spawned.script("server.ts", [...LOCAL, "--trace"], {
+    stdin: "piped",
+  });
+  const port = await bannerPort(server);
+  assertMatch(server.stdout.all[0], /listen 127\.0\.0\.1:\d+: the kernel/);
+  await using amey = await TestClient.connect(port);
+  await server.stdout.waitFor(/ accept 127\.0\.0\.1:\d+$/);
+  // A first line and half of the next: the framer keeps the half.
+  await amey.write("/nick amey\nhel");
+  await server.stdout.waitFor(
+    /read 14 bytes from 127\.0\.0\.1:\d+: 1 whole line\(s\), 3 bytes kept for the next read$/,
+  );
+  await server.stdout.waitFor(/ write \d+ bytes to amey \(all sent\)$/);
+  await amey.write("lo\n/quit\n");
+  await server.stdout.waitFor(/read 9 bytes from amey: 2 whole line\(s\)/);
+  await server.stdout.waitFor(/ close amey: quit$/);
+});
+
+Deno.test("server.ts without --trace logs no socket steps", async () => {
+  await using server = Spawned.script("server.ts", LOCAL, { stdin: "piped" });
+  const port = await bannerPort(server);
+  await using amey = await TestClient.join(port, "amey");
+  await amey.send("/quit");
+  await server.stdout.waitFor(/amey left \(quit\)$/);
+  assertEquals(
+    server.stdout.all.filter((line) =>
+      / (accept|read|write|close) /.test(line)
+    ),
+    [],
+  );
+});

@@ -157,6 +157,16 @@ Deno.test("chat joins a peer that sends text without /join as guest-N, so nc -u 
   assertEquals(await amey.datagrams.next(), "* guest-1 is now known as lina");
 });
 
+Deno.test("chat joins a stranger whose first datagram is /nick NAME under that name", async () => {
+  await using chat = startUdpServer();
+  await using amey = new UdpPeer(chat.port);
+  await join(amey, "amey");
+  await using karan = new UdpPeer(chat.port);
+  assertEquals(await karan.ask("/nick karan"), WELCOME);
+  await karan.datagrams.waitFor("* you are karan; /help lists the commands");
+  assertEquals(await amey.datagrams.next(), "* karan joined");
+});
+
 Deno.test("chat names follow the TCP chat's rules", async () => {
   await using chat = startUdpServer();
   await using amey = new UdpPeer(chat.port);
