@@ -258,11 +258,11 @@ export class ChatRoom<Member extends { name: string }> {
     member.name = name ?? this.#guestName();
     this.members.set(nameKey(member.name), member);
     this.out.log(`${member.name} joined`);
-    const others = this.#names().filter((other) => other !== member.name);
-    // A big room is counted, not listed: /who lists it on demand.
-    const counted = [`${others.length} others`, ...this.#operator()];
+    // A big room is counted, not listed (and not walked): /who lists it.
+    const counted = [`${this.members.size - 1} others`, ...this.#operator()];
+    const others = () => this.#names().filter((n) => n !== member.name);
     const online = this.#announces()
-      ? [...others, ...this.#operator()].join(", ") || "no one else"
+      ? [...others(), ...this.#operator()].join(", ") || "no one else"
       : `${counted.join(" and ")}; /who lists them`;
     const pick = name === undefined ? ": pick a name with /nick NAME" : "";
     this.#tell(member, `welcome to socklab chat, ${this.options.mode}`);
