@@ -292,13 +292,17 @@ abstract class TcpServer extends Stoppable {
     clearInterval(this.#idleSweep);
     await this.beforeShutdown();
     const clients = [...this.#clients];
-    for (const client of clients) this.close(client, "shutdown");
+    for (const client of clients) {
+      this.goodbye(client);
+      this.close(client, "shutdown");
+    }
     await Promise.all(clients.map((client) => client.closed));
     await this.finished;
     this.log("stopped");
   }
 
   protected abstract beforeShutdown(): Promise<void>; // e.g. finish saving
+  protected goodbye(_client: Client): void {} // the chat says it stops
   log(text: string): void {
     this.options.print(logLine(text));
   }
@@ -426,10 +430,12 @@ export class ChatServer extends TcpServer {
   }
 
   protected beforeShutdown(): Promise<void> {
-    for (const client of this.room.members.values()) {
-      this.sendLine(client, SAYS.shuttingDown);
-    }
     return Promise.resolve();
+  }
+
+  /** Every connection is told, joined yet or not. */
+  protected override goodbye(client: Client): void {
+    this.sendLine(client, SAYS.shuttingDown);
   }
 
   // --- The operator's console -----------------------------------------------

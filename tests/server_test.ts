@@ -511,3 +511,12 @@ Deno.test("an iterative server that stops does not say it waits for the next cli
     [],
   );
 });
+
+Deno.test("server stop tells a client that has not joined yet, too", async () => {
+  const room = startServer({ nameWaitMs: 10_000 });
+  await using waiting = await TestClient.connect(room.port);
+  await room.console.waitFor(/connection from/);
+  await room.server.stop();
+  assertEquals(await waiting.next(), "* server shutting down");
+  await waiting.closedByServer();
+});
