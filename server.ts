@@ -647,21 +647,15 @@ class Outbox {
   }
 
   async #writeQueued(): Promise<void> {
-    await Promise.resolve(); // what the rest of this read sends comes too
+    // Waits for the end of the event loop's turn: what every read handled
+    // in it sends goes out with this write.
+    await new Promise((resolve) => setTimeout(resolve, 0));
     while (this.#pending.length > 0) {
-      const [pieces, size] = [this.#pending, this.#pendingBytes];
+      const pieces = this.#pending;
       [this.#pending, this.#pendingBytes] = [[], 0];
-      // Small pieces go in one write; big ones are written as they are.
-      const writes = size <= 65536 ? [this.#join(pieces, size)] : pieces;
       try {
-        for (const bytes of writes) {
-          const count = await writeAll(this.conn, bytes);
-          const how = count > 1
-            ? `${count} writes, each sent a part`
-            : "all sent";
-          this.trace?.(
-            `write ${bytes.length} bytes to ${this.label()} (${how})`,
-          );
+        for (const group of writeGroups(pieces)) {
+          await this.#write(this.#join(group));
         }
       } catch {
         this.#stopped = true; // gone: its receive loop says why
@@ -671,9 +665,16 @@ class Outbox {
     this.#writing = undefined;
   }
 
+  async #write(bytes: Uint8Array): Promise<void> {
+    const count = await writeAll(this.conn, bytes);
+    const how = count > 1 ? `${count} writes, each sent a part` : "all sent";
+    this.trace?.(`write ${bytes.length} bytes to ${this.label()} (${how})`);
+  }
+
   /** Joins pieces into one buffer: over 4 KiB, this outbox's own, reused. */
-  #join(pieces: Uint8Array[], size: number): Uint8Array {
+  #join(pieces: Uint8Array[]): Uint8Array {
     if (pieces.length === 1) return pieces[0];
+    const size = pieces.reduce((sum, piece) => sum + piece.length, 0);
     if (size > 4096 && (this.#joined?.length ?? 0) < size) {
       this.#joined = new Uint8Array(size);
     }
@@ -687,6 +688,20 @@ class Outbox {
     }
     return joined;
   }
+}
+
+/** Pieces in groups of up to 64 KiB, each one write; a bigger one alone. */
+function* writeGroups(pieces: Uint8Array[]): Generator<Uint8Array[]> {
+  let [group, size] = [[] as Uint8Array[], 0];
+  for (const piece of pieces) {
+    if (size > 0 && size + piece.length > 65536) {
+      yield group;
+      [group, size] = [[], 0];
+    }
+    group.push(piece);
+    size += piece.length;
+  }
+  if (group.length > 0) yield group;
 }
 
 // --- The inventory service: one request and one JSON reply per line ---------
