@@ -18,45 +18,19 @@
  * @module
  */
 
-import {
-  addressText,
-  argsOrExit,
-  ChatRoom,
-  cleanText,
-  connectionHints,
-  DEFAULT_PORT,
-  encodeLine,
-  errorLine,
-  type FlagRow,
-  type Frame,
-  INVENTORY,
-  type InventoryReply,
-  isClosedByUs,
-  LINE_TOO_LONG,
-  LineConsole,
-  LineFramer,
-  logLine,
-  MAX_LINE_BYTES,
-  messageLine,
-  nameFlag,
-  nameKey,
-  networkReason,
-  noticeLine,
-  onStopSignals,
-  parseChatInput,
-  parseFlags,
-  passwordFrom,
-  passwordMatches,
-  RateLimit,
-  SAYS,
-  splitFirstWord,
-  type Stock,
-  Stoppable,
-  sweepIdle,
-  type Trace,
-  UsageError,
-  writeAll,
-} from "./shared.ts";
+// From the shared module: the lab's part first (framing, sending, the
+// chat's lines and rules), then the program's tools and the limits.
+import { encodeLine, type Frame, LineFramer, writeAll } from "./shared.ts";
+import { LINE_TOO_LONG, MAX_LINE_BYTES, type Trace } from "./shared.ts";
+import { ChatRoom, errorLine, messageLine, noticeLine } from "./shared.ts";
+import { cleanText, nameKey, parseChatInput, SAYS } from "./shared.ts";
+import { INVENTORY, type InventoryReply, type Stock } from "./shared.ts";
+import { addressText, DEFAULT_PORT, LineConsole, logLine } from "./shared.ts";
+import { argsOrExit, type FlagRow, nameFlag, parseFlags } from "./shared.ts";
+import { connectionHints, onStopSignals, UsageError } from "./shared.ts";
+import { isClosedByUs, networkReason, Stoppable } from "./shared.ts";
+import { passwordFrom, passwordMatches, splitFirstWord } from "./shared.ts";
+import { RateLimit, sweepIdle } from "./shared.ts";
 
 // --- 1. Create, bind, listen ------------------------------------------------
 
@@ -117,8 +91,7 @@ class Client {
   admitted = false; // past the password (or there is none)
   wrongPasswords = 0;
   rate?: RateLimit;
-  /** Chat: joins it as a guest if its first line does not come soon. */
-  nameTimer?: ReturnType<typeof setTimeout>;
+  nameTimer?: ReturnType<typeof setTimeout>; // chat: joins it as a guest
   constructor(readonly conn: Deno.Conn, options: ServerOptions) {
     this.address = addressText(conn.remoteAddr);
     const label = () => this.name || this.address;
@@ -176,10 +149,9 @@ async function handleAll(lines: Frame[], onLine: LineHandler): Promise<void> {
 
 /** Is this an error a socket gets when its peer goes away? */
 function isDisconnect(error: unknown): boolean {
-  const { ConnectionReset, ConnectionAborted, BrokenPipe, UnexpectedEof } =
-    Deno.errors;
-  return [ConnectionReset, ConnectionAborted, BrokenPipe, UnexpectedEof]
-    .some((kind) => error instanceof kind);
+  const gone = ["ConnectionReset", "ConnectionAborted", "BrokenPipe"];
+  return gone.includes((error as Error).name) ||
+    error instanceof Deno.errors.UnexpectedEof;
 }
 
 // --- The TCP server: each connection from accept to close -------------------
@@ -301,7 +273,7 @@ abstract class TcpServer extends Stoppable {
     this.log("stopped");
   }
 
-  protected abstract beforeShutdown(): Promise<void>; // e.g. finish saving
+  protected async beforeShutdown(): Promise<void> {} // e.g. finish saving
   protected goodbye(_client: Client): void {} // the chat says it stops
   log(text: string): void {
     this.options.print(logLine(text));
@@ -401,8 +373,8 @@ export class ChatServer extends TcpServer {
 
   #sendBatch(): void {
     if (this.#batch.length === 0) return;
-    const text = this.#batch.join("\n") + "\n";
-    const [bytes, skip] = [relayBuffer.encode(text), this.#batchSkips];
+    const text = this.#batch.join("\n");
+    const [bytes, skip] = [encodeLine(text), this.#batchSkips];
     this.#batch = [];
     for (const client of this.room.members.values()) {
       if (client !== skip) this.send(client, bytes);
@@ -427,10 +399,6 @@ export class ChatServer extends TcpServer {
     clearTimeout(client.nameTimer);
     if (client.name) this.room.leave(client, reason);
     else this.log(`${client.address} left (${reason})`);
-  }
-
-  protected beforeShutdown(): Promise<void> {
-    return Promise.resolve();
   }
 
   /** Every connection is told, joined yet or not. */
@@ -568,44 +536,22 @@ function authenticate(server: TcpServer, client: Client, line: string): void {
 /** How long a leaving client may take to receive its last lines. */
 const FINAL_FLUSH_MS = 3000;
 
-/** Does `next` start where `piece` ends, in the same buffer? */
-function follows(piece: Uint8Array, next: Uint8Array): boolean {
-  return next.buffer === piece.buffer &&
-    next.byteOffset === piece.byteOffset + piece.length;
-}
-
-// Where the room's lines are encoded, once for everyone, one after the
-// other: lines that follow each other reach an outbox as one piece.
-class RelayBuffer {
-  #buffer = new Uint8Array(256 * 1024);
-  #used = 0;
-  encode(text: string): Uint8Array {
-    const most = text.length * 3; // the most UTF-8 bytes it can take
-    if (most > this.#buffer.length) return new TextEncoder().encode(text);
-    if (this.#used + most > this.#buffer.length) {
-      // A fresh one: outboxes still hold pieces of the old.
-      [this.#buffer, this.#used] = [new Uint8Array(this.#buffer.length), 0];
-    }
-    const free = this.#buffer.subarray(this.#used);
-    const { written } = relayEncoder.encodeInto(text, free);
-    this.#used += written;
-    return free.subarray(0, written);
-  }
-}
-
-const relayEncoder = new TextEncoder();
-const relayBuffer = new RelayBuffer();
+/**
+ * What a queued piece costs beyond its bytes (the objects that hold it),
+ * counted against --max-pending, so many small pieces cannot hold more
+ * memory than the cap says.
+ */
+const PIECE_COST = 128;
 
 /**
  * Why the outbox: each client has its own, so a slow reader delays nobody
  * else, and it is capped, so such a client cannot grow the server's memory
- * without bound. What is queued while the server handles a read goes out
- * in one write.
+ * without bound. What is queued in one turn of the event loop goes out in
+ * one write.
  */
 class Outbox {
   #pending: Uint8Array[] = [];
-  #pendingBytes = 0;
-  #joined?: Uint8Array; // reused to join pieces: a fresh buffer costs more
+  #unsent = 0; // what is queued or being written, with PIECE_COST each
   #writing?: Promise<void>;
   #stopped = false; // closing, or the client has gone
 
@@ -618,19 +564,10 @@ class Outbox {
   /** False when too much is waiting already; `force` passes the cap. */
   send(bytes: Uint8Array, force = false): boolean {
     if (this.#stopped) return true;
-    if (!force && this.#pendingBytes + bytes.length > this.maxPendingBytes) {
-      return false;
-    }
-    // A piece that follows the last one in the relay buffer extends it.
-    const last = this.#pending.at(-1);
-    if (last && follows(last, bytes)) {
-      const { buffer, byteOffset, length } = last;
-      const longer = new Uint8Array(buffer, byteOffset, length + bytes.length);
-      this.#pending[this.#pending.length - 1] = longer;
-    } else {
-      this.#pending.push(bytes);
-    }
-    this.#pendingBytes += bytes.length;
+    const cost = bytes.length + PIECE_COST;
+    if (!force && this.#unsent + cost > this.maxPendingBytes) return false;
+    this.#pending.push(bytes);
+    this.#unsent += cost;
     this.#writing ??= this.#writeQueued();
     return true;
   }
@@ -648,60 +585,39 @@ class Outbox {
 
   async #writeQueued(): Promise<void> {
     // Waits for the end of the event loop's turn: what every read handled
-    // in it sends goes out with this write.
+    // in it sends goes out in this one write.
     await new Promise((resolve) => setTimeout(resolve, 0));
     while (this.#pending.length > 0) {
       const pieces = this.#pending;
-      [this.#pending, this.#pendingBytes] = [[], 0];
+      this.#pending = [];
+      const bytes = joinPieces(pieces);
       try {
-        for (const group of writeGroups(pieces)) {
-          await this.#write(this.#join(group));
-        }
+        const count = await writeAll(this.conn, bytes);
+        const how = count > 1
+          ? `${count} writes, each sent a part`
+          : "all sent";
+        this.trace?.(`write ${bytes.length} bytes to ${this.label()} (${how})`);
       } catch {
         this.#stopped = true; // gone: its receive loop says why
         this.#pending = [];
       }
+      this.#unsent -= bytes.length + pieces.length * PIECE_COST;
     }
     this.#writing = undefined;
   }
-
-  async #write(bytes: Uint8Array): Promise<void> {
-    const count = await writeAll(this.conn, bytes);
-    const how = count > 1 ? `${count} writes, each sent a part` : "all sent";
-    this.trace?.(`write ${bytes.length} bytes to ${this.label()} (${how})`);
-  }
-
-  /** Joins pieces into one buffer: over 4 KiB, this outbox's own, reused. */
-  #join(pieces: Uint8Array[]): Uint8Array {
-    if (pieces.length === 1) return pieces[0];
-    const size = pieces.reduce((sum, piece) => sum + piece.length, 0);
-    if (size > 4096 && (this.#joined?.length ?? 0) < size) {
-      this.#joined = new Uint8Array(size);
-    }
-    const joined = size > 4096
-      ? this.#joined!.subarray(0, size)
-      : new Uint8Array(size);
-    let offset = 0;
-    for (const piece of pieces) {
-      joined.set(piece, offset);
-      offset += piece.length;
-    }
-    return joined;
-  }
 }
 
-/** Pieces in groups of up to 64 KiB, each one write; a bigger one alone. */
-function* writeGroups(pieces: Uint8Array[]): Generator<Uint8Array[]> {
-  let [group, size] = [[] as Uint8Array[], 0];
+/** One buffer of all the pieces, in order: one write, not one each. */
+function joinPieces(pieces: Uint8Array[]): Uint8Array {
+  if (pieces.length === 1) return pieces[0];
+  const size = pieces.reduce((sum, piece) => sum + piece.length, 0);
+  const joined = new Uint8Array(size);
+  let offset = 0;
   for (const piece of pieces) {
-    if (size > 0 && size + piece.length > 65536) {
-      yield group;
-      [group, size] = [[], 0];
-    }
-    group.push(piece);
-    size += piece.length;
+    joined.set(piece, offset);
+    offset += piece.length;
   }
-  if (group.length > 0) yield group;
+  return joined;
 }
 
 // --- The inventory service: one request and one JSON reply per line ---------
@@ -879,7 +795,7 @@ export class InventoryServer extends TcpServer {
     return `request too long (over ${this.options.maxLineBytes} bytes)`;
   }
 
-  protected async beforeShutdown(): Promise<void> {
+  protected override async beforeShutdown(): Promise<void> {
     await this.#dataFile?.idle();
   }
 }
@@ -1041,20 +957,10 @@ CONSOLE (what you type into the server):
   /kick NAME          Disconnect NAME
   /quit               Tell every client and stop (Ctrl-C does the same)`;
 
-/** What server.ts was asked to do. */
-export type ServerArgs = Partial<ServerOptions> & {
-  help: boolean;
-  service: "chat" | "inventory";
-  host: string;
-  port: number;
-  tlsFiles?: { certFile: string; keyFile: string };
-  tracing: boolean; // --trace: print each socket step
-};
-
 /** Reads the server's flags. @throws {UsageError} for a bad flag */
-export function parseServerArgs(args: string[]): ServerArgs {
+export function parseServerArgs(args: string[]) {
   const flags = parseFlags(args, FLAGS, 0);
-  const service = flags.service as ServerArgs["service"];
+  const service = flags.service as "chat" | "inventory";
   const dataFile = flags.data as string | undefined;
   if (dataFile !== undefined && service !== "inventory") {
     throw new UsageError("--data goes with --service inventory");
@@ -1071,7 +977,7 @@ export function parseServerArgs(args: string[]): ServerArgs {
     if (value !== undefined) limits[option] = value * unit;
   }
   return {
-    help: flags.help,
+    help: flags.help as boolean,
     service,
     port: flags.port as number,
     host: flags.host as string,
@@ -1091,9 +997,9 @@ export function bannerLines(server: ChatServer | InventoryServer): string[] {
   const { hostname, port } = server.addr;
   const { iterative, tls, password, operatorName, dataFile } = server.options;
   const inventory = server instanceof InventoryServer;
-  let flags = port === DEFAULT_PORT ? "" : ` --port ${port}`;
-  if (inventory) flags += " --service inventory";
-  if (tls) flags += " --tls --ca CERT.pem";
+  const flags = (port === DEFAULT_PORT ? "" : ` --port ${port}`) +
+    (inventory ? " --service inventory" : "") +
+    (tls ? " --tls --ca CERT.pem" : "");
   const raw = (address: string) =>
     tls
       ? `openssl s_client -quiet -connect ${address}:${port}`
@@ -1105,33 +1011,29 @@ export function bannerLines(server: ChatServer | InventoryServer): string[] {
     : "concurrent: every client at once";
   const title = inventory ? "inventory service" : "chat server";
   const where = `${hostname}:${port}${tls ? ", with TLS" : ""}`;
+  const passwordNote =
+    "A password is set: clients must send /auth PASSWORD first.";
+  const use = !inventory
+    ? `Type here to chat as "${operatorName}"; /who, /kick NAME, /quit.`
+    : dataFile
+    ? `The stock is kept in "${dataFile}", saved after every change.`
+    : "The stock lives in memory and is lost when the server stops (--data FILE keeps it).";
   return [
     `socklab ${title} (${mode}) listening on ${where}`,
     ...connectionHints(hostname, commands),
-    ...(password
-      ? ["A password is set: clients must send /auth PASSWORD first."]
-      : []),
-    !inventory
-      ? `Type here to chat as "${operatorName}"; /who, /kick NAME, /quit. Ctrl-C stops the server.`
-      : dataFile
-      ? `The stock is kept in "${dataFile}", saved after every change. Ctrl-C stops the server.`
-      : "The stock lives in memory and is lost when the server stops (--data FILE keeps it). Ctrl-C stops the server.",
+    ...(password ? [passwordNote] : []),
+    `${use} Ctrl-C stops the server.`,
   ];
 }
 
-/** TLS: reads the certificate and key files, or exits with a clear message. */
-async function readTlsFiles(
-  { certFile, keyFile }: { certFile: string; keyFile: string },
-): Promise<TlsFiles> {
-  const read = async (file: string) => {
-    try {
-      return await Deno.readTextFile(file);
-    } catch (error) {
-      console.error(`Cannot read "${file}": ${fileReason(error)}`);
-      Deno.exit(1);
-    }
-  };
-  return { cert: await read(certFile), key: await read(keyFile) };
+/** Reads a file, or exits with a clear message (TLS: the PEM files). */
+function readOrExit(file: string): string {
+  try {
+    return Deno.readTextFileSync(file);
+  } catch (error) {
+    console.error(`Cannot read "${file}": ${fileReason(error)}`);
+    Deno.exit(1);
+  }
 }
 
 async function main(): Promise<void> {
@@ -1139,7 +1041,8 @@ async function main(): Promise<void> {
   const terminal = new LineConsole();
   const print = (line: string) => terminal.print(line);
   const trace = tracing ? (step: string) => print(logLine(step)) : undefined;
-  const tls = tlsFiles && await readTlsFiles(tlsFiles);
+  const tls = tlsFiles &&
+    { cert: readOrExit(tlsFiles.certFile), key: readOrExit(tlsFiles.keyFile) };
   let server;
   try {
     const full = { ...options, tls, print, trace };
