@@ -584,9 +584,7 @@ class Outbox {
   }
 
   async #writeQueued(): Promise<void> {
-    // Waits for the end of the event loop's turn: what every read handled
-    // in it sends goes out in this one write.
-    await new Promise((resolve) => setTimeout(resolve, 0));
+    await endOfTurn(); // what every read of this turn sends goes too
     while (this.#pending.length > 0) {
       const pieces = this.#pending;
       this.#pending = [];
@@ -605,6 +603,15 @@ class Outbox {
     }
     this.#writing = undefined;
   }
+}
+
+let turnEnds: Promise<void> | undefined;
+
+/** Settles once the event loop's turn ends: one timer for all who wait. */
+function endOfTurn(): Promise<void> {
+  return turnEnds ??= new Promise((resolve) =>
+    setTimeout(() => resolve(turnEnds = undefined), 0)
+  );
 }
 
 /** One buffer of all the pieces, in order: one write, not one each. */
