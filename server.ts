@@ -62,7 +62,9 @@ async function acceptLoop(
       conn = await server.listener.accept();
     } catch (error) {
       if (isClosedByUs(error)) return; // the server is stopping
-      // Out of file descriptors, for example: wait a little, go on.
+      // A client that reset before its accept is gone: take the next one.
+      // Out of file descriptors: wait a little for some to close.
+      if (!/os error (23|24)\b/.test(String(error))) continue;
       server.log(`cannot accept a connection: ${networkReason(error)}`);
       await new Promise((resolve) => setTimeout(resolve, 100));
       continue;
@@ -88,15 +90,18 @@ class Client {
   lastHeard = performance.now(); // when its last line came, for --idle-timeout
   leftBecause?: string; // set once, when it leaves, with the reason
   closed?: Promise<void>; // settles when its connection is closed
-  admitted = false; // past the password (or there is none)
+  greeted = false; // past TLS (if any), told what comes next
+  admitted = false; // past TLS and the password (if any)
+  admitTimer?: ReturnType<typeof setTimeout>; // closes it if it is too slow
   wrongPasswords = 0;
-  rate?: RateLimit;
+  readonly rate: RateLimit; // --rate-limit: how fast its lines are read
   nameTimer?: ReturnType<typeof setTimeout>; // chat: joins it as a guest
   constructor(readonly conn: Deno.Conn, options: ServerOptions) {
     this.address = addressText(conn.remoteAddr);
     const label = () => this.name || this.address;
-    const { maxPendingBytes, trace } = options;
+    const { maxPendingBytes, trace, rateLimit, burst } = options;
     this.outbox = new Outbox(conn, maxPendingBytes, label, trace);
+    this.rate = new RateLimit(rateLimit, burst);
   }
 }
 
@@ -163,7 +168,9 @@ function isDisconnect(error: unknown): boolean {
 abstract class TcpServer extends Stoppable {
   readonly finished: Promise<void>; // settles when it stops accepting
   readonly #clients = new Set<Client>();
+  readonly #perAddress = new Map<string, number>(); // connections from each
   readonly #idleSweep;
+  protected readonly pacesAll: boolean = true; // else only before /auth
 
   protected constructor(
     readonly options: ServerOptions,
@@ -186,22 +193,57 @@ abstract class TcpServer extends Stoppable {
   async #serve(conn: Deno.Conn): Promise<void> {
     const client = new Client(conn, this.options);
     this.log(`connection from ${client.address}`);
-    if (this.#clients.size >= this.options.maxClients) {
-      return await refuseFull(this, client);
+    const { maxClients, maxPerAddress, admitTimeoutMs } = this.options;
+    const host = (conn.remoteAddr as Deno.NetAddr).hostname;
+    const fromHost = this.#perAddress.get(host) ?? 0;
+    if (this.#clients.size >= maxClients) {
+      return await refuse(this, client, "server full");
+    }
+    if (fromHost >= maxPerAddress) {
+      return await refuse(
+        this,
+        client,
+        "too many connections from your address",
+      );
     }
     this.#clients.add(client);
-    client.admitted = !this.options.password;
-    if (client.admitted) this.admit(client);
-    else this.askPassword(client);
+    this.#perAddress.set(host, fromHost + 1);
+    client.admitTimer = setTimeout(() => {
+      // Before the TLS handshake nothing can be said: just close.
+      if (!client.greeted) closeQuietly(client.conn);
+      this.sendError(client, "too slow to get in: disconnecting");
+      this.close(client, "too slow to get in");
+    }, admitTimeoutMs);
     const onLine = (line: Frame) => this.#onLine(client, line);
-    const reason = await receiveLines(client, this.options, onLine);
+    const reason = await tlsHandshake(client) ??
+      (this.#greet(client), await receiveLines(client, this.options, onLine));
     this.close(client, reason);
     await client.closed;
+    const left = this.#perAddress.get(host)! - 1;
+    if (left > 0) this.#perAddress.set(host, left);
+    else this.#perAddress.delete(host);
+  }
+
+  #greet(client: Client): void {
+    client.greeted = true;
+    if (this.options.password) return this.askPassword(client);
+    this.letIn(client);
+  }
+
+  /** Past TLS and the password: a client may now use the service. */
+  letIn(client: Client): void {
+    clearTimeout(client.admitTimer);
+    client.admitted = true;
+    this.admit(client);
   }
 
   /** A line: too long, before the password, or the service's to handle. */
   #onLine(client: Client, line: Frame): ReturnType<LineHandler> {
     if (client.leftBecause) return;
+    // The flood limit: a client over --rate-limit is read more slowly, so
+    // TCP slows its sender down; no line is lost.
+    const wait = client.admitted && !this.pacesAll ? 0 : client.rate.wait();
+    if (wait > 0) return sleep(wait).then(() => this.#onLine(client, line));
     if (line === LINE_TOO_LONG) {
       const who = client.name || client.address;
       this.log(`${who} sent a line that was too long`);
@@ -248,6 +290,7 @@ abstract class TcpServer extends Stoppable {
   close(client: Client, reason: string): void {
     if (client.leftBecause) return;
     client.leftBecause = reason;
+    clearTimeout(client.admitTimer);
     this.#clients.delete(client);
     this.left(client, reason);
     client.closed = client.outbox.close(reason);
@@ -323,9 +366,8 @@ export class ChatServer extends TcpServer {
   // A client joins on its first line, or as a guest if none comes soon:
   // one whose first line is `/nick NAME` (client.ts) joins under that name.
   admit(client: Client): void {
-    const { rateLimit, burst, nameWaitMs } = this.options;
-    if (rateLimit > 0) client.rate = new RateLimit(rateLimit, burst);
-    client.nameTimer = setTimeout(() => this.#join(client), nameWaitMs);
+    const join = () => this.#join(client);
+    client.nameTimer = setTimeout(join, this.options.nameWaitMs);
   }
 
   protected override askPassword(client: Client): void {
@@ -351,7 +393,6 @@ export class ChatServer extends TcpServer {
       this.#join(client, named && !problem ? input.rest : undefined);
       if (named) return;
     }
-    if (!withinRateLimit(this, client)) return;
     if (input.kind === "command" && input.command === "/auth") {
       const already = this.options.password
         ? "you are in already"
@@ -456,9 +497,11 @@ const DEFAULTS = {
   maxLineBytes: MAX_LINE_BYTES,
   maxPendingBytes: 1024 * 1024, // unread bytes before a client is dropped
   maxClients: 1000,
-  rateLimit: 20, // chat: lines a second per client (0: none), and a burst
+  rateLimit: 20, // lines read a second per client (0: no limit), and a burst
   burst: 40,
   idleTimeoutMs: 0, // silent connections are closed after this (0: never)
+  maxPerAddress: 64, // connections at once from one address
+  admitTimeoutMs: 30_000, // to finish TLS and /auth, or it is closed
   nameWaitMs: 250, // chat: how long a new client may take to send /nick
   announceLimit: 100, // chat: joins and leaves are told up to this many
   quiet: false, // chat: keep the room's messages off the console
@@ -476,12 +519,28 @@ export type ServerOptions = typeof DEFAULTS & {
 /** TLS: a certificate and its private key, as PEM text. */
 type TlsFiles = { cert: string; key: string };
 
-/** Tells a connection over --max-clients, and closes it. */
-async function refuseFull(server: TcpServer, client: Client): Promise<void> {
-  server.log(`refused ${client.address}: server full`);
-  const full = encodeLine(server.errorText("server full"));
-  await writeAll(client.conn, full).catch(() => {});
+/** Tells a connection it cannot come in (`why`), and closes it. */
+async function refuse(server: TcpServer, client: Client, why: string) {
+  server.log(`refused ${client.address}: ${why}`);
+  const line = encodeLine(server.errorText(why));
+  await Promise.race([writeAll(client.conn, line), sleep(1000)]).catch(
+    () => {},
+  );
   closeQuietly(client.conn);
+}
+
+/** TLS: the handshake, before anything else; undefined once it is done. */
+async function tlsHandshake(client: Client): Promise<string | undefined> {
+  if (!("handshake" in client.conn)) return undefined;
+  try {
+    await (client.conn as Deno.TlsConn).handshake();
+  } catch (error) {
+    return client.leftBecause ?? `no TLS handshake: ${networkReason(error)}`;
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** Tells a client silent for --idle-timeout, and closes it. */
@@ -489,23 +548,6 @@ function dropIdle(server: TcpServer, client: Client): void {
   const seconds = server.options.idleTimeoutMs / 1000;
   server.sendError(client, `idle for ${seconds} s: disconnecting`);
   server.close(client, "idle");
-}
-
-/** Chat: applies the flood limit to one line; false when it is dropped. */
-function withinRateLimit(server: ChatServer, client: Client): boolean {
-  const verdict = client.rate?.check() ?? "pass";
-  if (verdict === "warn") {
-    const rate = server.options.rateLimit;
-    server.sendError(
-      client,
-      `slow down: at most ${rate} lines a second; lines beyond that are dropped`,
-    );
-    server.log(`${client.name} is flooding: lines dropped`);
-  } else if (verdict === "disconnect") {
-    server.sendError(client, "disconnected for flooding");
-    server.close(client, "flooding");
-  }
-  return verdict === "pass";
 }
 
 /** Wrong passwords a connection may send before it is closed. */
@@ -520,9 +562,8 @@ function authenticate(server: TcpServer, client: Client, line: string): void {
   }
   // The password itself is never logged.
   if (passwordMatches(given, server.options.password ?? "")) {
-    client.admitted = true;
     server.log(`${client.address} authenticated`);
-    return server.admit(client);
+    return server.letIn(client);
   }
   client.wrongPasswords++;
   const tries = `${client.wrongPasswords} of ${PASSWORD_TRIES}`;
@@ -707,6 +748,7 @@ function checkQuantity(quantity: unknown): number {
 
 /** A running inventory server: the same sockets, another protocol. */
 export class InventoryServer extends TcpServer {
+  protected override readonly pacesAll = false; // a request waits its save
   readonly #stock: Map<string, number>;
   readonly #dataFile?: DataFile;
 

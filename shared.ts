@@ -1,8 +1,7 @@
 /**
- * What more than one socklab script needs: first the lab's part (framing
- * a byte stream into lines, sending every byte, line formats, names, text
- * cleaning, the chat room's rules), then the tools around it (console,
- * colors, flags, errors, passwords, limits).
+ * What more than one socklab script needs: the lab's part first (framing,
+ * sending, line formats, names, cleaning, the chat room), then the tools
+ * around it (console, colors, flags, errors, passwords, limits).
  * @module
  */
 
@@ -29,16 +28,15 @@ const decoder = new TextDecoder();
 const encoder = new TextEncoder();
 
 /**
- * Splits a byte stream into lines. TCP delivers bytes, not messages: a read
- * may hold half a line, several lines or half a UTF-8 character, so bytes
- * are kept until a line end (`\n`, `\r\n` or a bare `\r`) comes. A line over
- * `maxLineBytes` is reported once as {@linkcode LINE_TOO_LONG} and dropped,
- * so memory stays bounded whatever a peer sends.
+ * Splits a byte stream into lines: a TCP read may hold half a line, several
+ * lines or half a UTF-8 character. A line ends at `\n`, `\r\n` or a bare
+ * `\r`. One over `maxLineBytes` comes once as {@linkcode LINE_TOO_LONG} and
+ * is dropped, so memory stays bounded whatever a peer sends.
  */
 export class LineFramer {
   #kept = NOTHING; // the start of a line whose end has not come yet
   #dropping = false; // inside a line that was too long
-  #afterCR = false;
+  #afterCR = false; // the last read ended with a CR
 
   constructor(readonly maxLineBytes: number = MAX_LINE_BYTES) {}
 
@@ -69,9 +67,7 @@ export class LineFramer {
 
   /** The stream ended: @returns its last line, if it had no line end */
   end(): Frame[] {
-    const lines: Frame[] = [];
-    if (this.#kept.length > 0) this.#endLine(NOTHING, lines);
-    return lines;
+    return this.#kept.length > 0 ? this.push(new Uint8Array([LF])) : [];
   }
 
   #endLine(last: Uint8Array, lines: Frame[]): void {
@@ -133,10 +129,7 @@ const CONTROLS = /[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g;
 // deno-lint-ignore no-control-regex -- matching control bytes is the point
 const UNSAFE = /[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/;
 
-/**
- * Removes what could clear a screen, move the cursor or forge a line. Tabs
- * become spaces; printable Unicode (Devanagari, CJK, emoji) passes as is.
- */
+/** Strips escapes and controls, tabs become spaces; Unicode passes as is. */
 export function cleanText(text: string): string {
   if (!UNSAFE.test(text)) return text; // most lines: one test, no copy
   return text.replace(ESCAPES, "").replace(CONTROLS, "").replaceAll("\t", " ");
@@ -195,15 +188,13 @@ export function splitFirstWord(text: string): [string, string] {
   return [text.slice(0, space), text.slice(space + 1).trim()];
 }
 
-/**
- * Why a name is not 1 to 24 ASCII letters, digits, `-`, `_`, `.` (ASCII, so
- * no one passes for another with a look-alike letter); undefined if it is.
- */
+/** Why `name` is not a valid name (1 to 24 of A-Z a-z 0-9 - _ .), if not. */
 export function nameProblem(name: string): string | undefined {
   if (name === "") return "a name cannot be empty";
   if (name.length > 24) {
     return `name "${name.slice(0, 24)}..." is too long (24 characters at most)`;
   }
+  // ASCII only, so no one passes for another with a look-alike letter.
   if (!/^[A-Za-z0-9._-]+$/.test(name)) {
     return `name "${name}" is not valid: use letters, digits, "-", "_" or "."`;
   }
@@ -234,11 +225,7 @@ const HELP = [
 ];
 const SEE_HELP = "/help lists the commands";
 
-/**
- * The chat's rules, for any transport: names and guests, the commands,
- * join and leave notices. Lines go in ({@linkcode ChatRoom.handle}); what
- * to send to whom comes out through {@linkcode RoomOutput}.
- */
+/** The chat's rules for any transport: lines in, {@linkcode RoomOutput} out. */
 export class ChatRoom<Member extends { name: string }> {
   readonly members = new Map<string, Member>(); // by nameKey, in join order
   #guests = 0;
@@ -364,38 +351,21 @@ export class ChatRoom<Member extends { name: string }> {
 
   // Small helpers: a notice to one, a notice to all (but `except`), an
   // error to one; whether joins are told; names; the operator.
-  #tell(member: Member, text: string): void {
-    this.out.send(member, noticeLine(text));
-  }
-  #announce(text: string, except?: Member): void {
+  #tell = (to: Member, text: string) => this.out.send(to, noticeLine(text));
+  #announce = (text: string, except?: Member) =>
     this.out.broadcast(noticeLine(text), except);
-  }
-  #error(member: Member, text: string): void {
-    this.out.send(member, errorLine(text));
-  }
-  #announces(): boolean {
-    return this.members.size <= (this.options.announceLimit ?? 100);
-  }
-  #names(): string[] {
-    return [...this.members.values()].map((member) => member.name);
-  }
-  #isOperator(name: string): boolean {
-    return nameKey(name) === nameKey(this.options.operator ?? "");
-  }
-  #operator(): string[] {
-    const { operator } = this.options;
-    return operator ? [`${operator} (operator)`] : [];
-  }
+  #error = (to: Member, text: string) => this.out.send(to, errorLine(text));
+  #announces = () => this.members.size <= (this.options.announceLimit ?? 100);
+  #names = () => [...this.members.values()].map((member) => member.name);
+  #isOperator = (name: string) =>
+    nameKey(name) === nameKey(this.options.operator ?? "");
+  #operator = () =>
+    this.options.operator ? [`${this.options.operator} (operator)`] : [];
 }
 
 // --- The console: lines typed below, lines printed above ---
 
-/**
- * The console, on Node's `readline` (built into Deno): at a terminal, the
- * line being typed stays at the bottom and printed lines go above it; on a
- * pipe, lines are just read. Printing waits for the end of the event loop's
- * turn, so a busy server writes its console once a turn.
- */
+/** The console, on `node:readline`: printed lines go above the typed one. */
 export class LineConsole {
   readonly terminal = Deno.stdin.isTerminal() && Deno.stdout.isTerminal();
   onInterrupt: () => unknown = () => Deno.exit(130); // Ctrl-C at a terminal
@@ -407,7 +377,7 @@ export class LineConsole {
 
   constructor(readonly prompt = "> ") {}
 
-  /** Prints one line, above the line being typed. */
+  /** Prints a line once this turn of the event loop ends: one write a turn. */
   print(line: string): void {
     if (this.#pending.push(line) === 1) setTimeout(() => this.#flush(), 0);
   }
@@ -575,13 +545,12 @@ export function parseFlags(
 }
 
 function refuseUnknown(arg: string): true {
-  if (/^-\d/.test(arg)) {
-    throw new UsageError(`Invalid value "${arg}": no negative numbers`);
-  }
-  if (arg.startsWith("-") && arg !== "-") {
-    throw new UsageError(`Unknown option "${arg.split("=")[0]}"`);
-  }
-  return true;
+  if (!arg.startsWith("-") || arg === "-") return true; // a positional
+  throw new UsageError(
+    /^-\d/.test(arg)
+      ? `Invalid value "${arg}": no negative numbers`
+      : `Unknown option "${arg.split("=")[0]}"`,
+  );
 }
 
 function checkFlag(name: string, row: FlagRow, text: string): string | number {
@@ -747,10 +716,7 @@ export function passwordMatches(given: string, expected: string): boolean {
   return timingSafeEqual(digest(given), digest(expected));
 }
 
-/**
- * A token bucket: `burst` tokens, `rate` more a second, one per line. The
- * first line dropped warns; `burst` more without a pause disconnect.
- */
+/** A token bucket: `burst` tokens, `rate` more a second, one per line. */
 export class RateLimit {
   #tokens: number;
   #last = performance.now();
@@ -759,6 +725,18 @@ export class RateLimit {
 
   constructor(readonly rate: number, readonly burst: number) {
     this.#tokens = burst;
+  }
+
+  wait(now = performance.now()): number {
+    if (this.rate <= 0) return 0;
+    const refill = (now - this.#last) * this.rate / 1000;
+    this.#tokens = Math.min(this.burst, this.#tokens + refill);
+    this.#last = now;
+    if (this.#tokens >= 1) {
+      this.#tokens -= 1;
+      return 0;
+    }
+    return (1 - this.#tokens) * 1000 / this.rate;
   }
 
   check(now = performance.now()): "pass" | "warn" | "drop" | "disconnect" {
@@ -770,6 +748,7 @@ export class RateLimit {
       if (now - this.#lastDrop > 1000) this.#dropped = 0;
       return "pass";
     }
+    // The first line dropped warns; `burst` more without a pause disconnect.
     this.#lastDrop = now;
     this.#dropped++;
     if (this.#dropped === 1) return "warn";

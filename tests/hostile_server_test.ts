@@ -1,0 +1,212 @@
+/**
+ * server.ts against hostile peers: floods, reset loops, connections that
+ * never get in, raw TCP to a TLS server, password guessing. The hostile
+ * peer is python3 on 127.0.0.2, so its address is not the test client's.
+ */
+
+import { assert, assertEquals } from "@std/assert";
+import {
+  makeCertificate,
+  startServer,
+  TestClient,
+  WAIT_MS,
+} from "./helpers.ts";
+
+/**
+ * Runs a python3 hostile peer; `await using` kills it. `line()` waits for
+ * the next line it prints (what it reports).
+ */
+function hostile(script: string, ...args: string[]) {
+  const child = new Deno.Command("python3", {
+    args: ["-c", script, ...args],
+    stdout: "piped",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  return {
+    async line(): Promise<string> {
+      while (!text.includes("\n")) {
+        const { value, done } = await withLimit(reader.read(), "its output");
+        if (done) throw new Error(`the hostile peer ended: "${text}"`);
+        text += value;
+      }
+      const line = text.slice(0, text.indexOf("\n"));
+      text = text.slice(line.length + 1);
+      return line;
+    },
+    async [Symbol.asyncDispose]() {
+      try {
+        child.kill();
+      } catch {
+        // It ended already.
+      }
+      await reader.cancel();
+      await withLimit(child.status, "the hostile peer to stop");
+    },
+  };
+}
+
+function withLimit<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), WAIT_MS);
+  });
+  return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
+}
+
+/** How long `join` takes to get a welcome, in ms. */
+async function timeToJoin(port: number): Promise<number> {
+  const start = performance.now();
+  await using _client = await TestClient.join(port);
+  return performance.now() - start;
+}
+
+const RESET_LOOP = `
+import socket, struct, sys, time
+port, end, n = int(sys.argv[1]), time.time() + float(sys.argv[2]), 0
+while time.time() < end:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.bind(("127.0.0.2", 0))
+    try:
+        s.connect(("127.0.0.1", port)); n += 1
+    except OSError:
+        pass
+    s.close()
+    if n == 50:
+        print("resetting", flush=True)
+print(n, flush=True)
+`;
+
+Deno.test("a client gets in within 1 s while a peer connects and resets in a tight loop", async () => {
+  await using room = startServer();
+  await using peer = hostile(RESET_LOOP, String(room.port), "3");
+  assertEquals(await peer.line(), "resetting");
+  for (let i = 0; i < 3; i++) {
+    const ms = await timeToJoin(room.port);
+    assert(ms < 1000, `the welcome took ${Math.round(ms)} ms`);
+  }
+  assert(Number(await peer.line()) > 100, "the loop did reset connections");
+});
+
+const HOLD = `
+import socket, sys, time
+port, count, replies = int(sys.argv[1]), int(sys.argv[2]), []
+held = []
+for _ in range(count):
+    s = socket.socket(); s.bind(("127.0.0.2", 0)); s.connect(("127.0.0.1", port))
+    s.settimeout(0.5); held.append(s)
+for s in held:
+    try:
+        replies.append(s.recv(200).decode(errors="replace").split("\\n")[0])
+    except OSError:
+        replies.append("")
+print("\\n".join(replies), flush=True)
+time.sleep(30)
+`;
+
+Deno.test("one address cannot take every place: past --max-per-address it is refused, others still get in", async () => {
+  await using room = startServer({ maxClients: 30, maxPerAddress: 20 });
+  // Silent connections from 127.0.0.2: each joins as a guest after the
+  // name wait; 25 of them would leave 5 places if nothing stopped them.
+  await using peer = hostile(HOLD, String(room.port), "25");
+  const replies = [];
+  for (let i = 0; i < 25; i++) replies.push(await peer.line());
+  const refused = replies.filter((line) =>
+    line === "! too many connections from your address"
+  );
+  assertEquals(refused.length, 5);
+  const ms = await timeToJoin(room.port);
+  assert(ms < 1000, `the welcome took ${Math.round(ms)} ms`);
+});
+
+Deno.test("a flood is slowed down, not cut: 100 lines at once all arrive, in order, at the rate", async () => {
+  await using room = startServer({ rateLimit: 100, burst: 10 });
+  await using watcher = await TestClient.join(room.port, "watcher");
+  await using flooder = await TestClient.join(room.port, "flooder");
+  const start = performance.now();
+  await flooder.write(
+    Array.from({ length: 100 }, (_, i) => `line ${i}\n`).join(""),
+  );
+  for (let i = 0; i < 100; i++) {
+    assertEquals(
+      await watcher.lines.waitFor(/^<flooder>/),
+      `<flooder> line ${i}`,
+    );
+  }
+  // The burst (less the /nick) passes at once, the other 91 at 100 a second.
+  const ms = performance.now() - start;
+  assert(ms > 700, `100 lines passed in ${Math.round(ms)} ms`);
+  await flooder.send("/who");
+  assertEquals(
+    await flooder.lines.waitFor(/^\* online/),
+    "* online (3): watcher, flooder, server (operator)",
+  );
+});
+
+Deno.test("lines sent before /auth are slowed down too", async () => {
+  await using room = startServer({
+    password: "s3cret",
+    rateLimit: 10,
+    burst: 2,
+  });
+  await using guesser = await TestClient.connect(room.port);
+  await guesser.lines.waitFor(/needs a password/);
+  const start = performance.now();
+  await guesser.write("hello\n".repeat(12));
+  for (let i = 0; i < 12; i++) {
+    await guesser.lines.waitFor(/authenticate first/);
+  }
+  // 2 at once, then 10 at 10 a second.
+  const ms = performance.now() - start;
+  assert(ms > 800, `12 replies came in ${Math.round(ms)} ms`);
+});
+
+Deno.test("a connection that does not get in (no /auth) is closed after the admit timeout, in iterative mode too", async () => {
+  await using room = startServer({
+    password: "s3cret",
+    iterative: true,
+    admitTimeoutMs: 300,
+  });
+  await using silent = await TestClient.connect(room.port);
+  await silent.lines.waitFor(/needs a password/);
+  // The iterative server serves one at a time: the next one waits.
+  await using next = await TestClient.connect(room.port);
+  assertEquals(
+    await silent.lines.waitFor(/^!/),
+    "! too slow to get in: disconnecting",
+  );
+  await silent.closedByServer();
+  await next.lines.waitFor(/needs a password/);
+  await next.send("/auth s3cret");
+  await next.lines.waitFor(/^\* you are guest-/);
+});
+
+Deno.test("raw TCP to a TLS server never joins the room", async (t) => {
+  const tls = await makeCertificate();
+  try {
+    await using room = startServer({
+      tls: { cert: tls.cert, key: await Deno.readTextFile(tls.keyFile) },
+      admitTimeoutMs: 500,
+    });
+    await t.step(
+      "one that sends nothing gives its place back at the admit timeout",
+      async () => {
+        // Deno keeps the socket itself open until the handshake ends or
+        // the peer closes (denoland/deno#14547): the place is what counts.
+        await using _plain = await TestClient.connect(room.port);
+        await room.console.waitFor(/left \(too slow to get in\)/);
+      },
+    );
+    await t.step("one that sends text is closed at once", async () => {
+      await using plain = await TestClient.connect(room.port);
+      await plain.send("hello");
+      await plain.closedByServer();
+      await room.console.waitFor(/left \(no TLS handshake/);
+    });
+    assertEquals(room.server.room.members.size, 0, "no one joined");
+    assert(!room.console.all.some((line) => / joined$/.test(line)));
+  } finally {
+    await Deno.remove(tls.folder, { recursive: true });
+  }
+});
