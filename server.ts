@@ -84,7 +84,8 @@ async function acceptLoop(
 
 /** One connection: its socket, and what the server knows of it. */
 class Client {
-  readonly address: string;
+  readonly address: string; // host:port
+  readonly host: string;
   readonly outbox: Outbox;
   name = ""; // its name in the chat; empty until it joins
   lastHeard = performance.now(); // when its last line came, for --idle-timeout
@@ -98,6 +99,7 @@ class Client {
   nameTimer?: ReturnType<typeof setTimeout>; // chat: joins it as a guest
   constructor(readonly conn: Deno.Conn, options: ServerOptions) {
     this.address = addressText(conn.remoteAddr);
+    this.host = (conn.remoteAddr as Deno.NetAddr).hostname;
     const label = () => this.name || this.address;
     const { maxPendingBytes, trace, rateLimit, burst } = options;
     this.outbox = new Outbox(conn, maxPendingBytes, label, trace);
@@ -169,6 +171,7 @@ abstract class TcpServer extends Stoppable {
   readonly finished: Promise<void>; // settles when it stops accepting
   readonly #clients = new Set<Client>();
   readonly #perAddress = new Map<string, number>(); // connections from each
+  readonly guesses = new Guesses(); // wrong passwords from each address
   readonly #idleSweep;
   protected readonly pacesAll: boolean = true; // else only before /auth
 
@@ -194,7 +197,7 @@ abstract class TcpServer extends Stoppable {
     const client = new Client(conn, this.options);
     this.log(`connection from ${client.address}`);
     const { maxClients, maxPerAddress, admitTimeoutMs } = this.options;
-    const host = (conn.remoteAddr as Deno.NetAddr).hostname;
+    const { host } = client;
     const fromHost = this.#perAddress.get(host) ?? 0;
     if (this.#clients.size >= maxClients) {
       return await refuse(this, client, "server full");
@@ -244,6 +247,11 @@ abstract class TcpServer extends Stoppable {
     // TCP slows its sender down; no line is lost.
     const wait = client.admitted && !this.pacesAll ? 0 : client.rate.wait();
     if (wait > 0) return sleep(wait).then(() => this.#onLine(client, line));
+    // Its replies wait unread: read no more requests until they are out.
+    const { outbox } = client;
+    if (outbox.halfFull) {
+      return outbox.emptied().then(() => this.#onLine(client, line));
+    }
     if (line === LINE_TOO_LONG) {
       const who = client.name || client.address;
       this.log(`${who} sent a line that was too long`);
@@ -560,11 +568,18 @@ function authenticate(server: TcpServer, client: Client, line: string): void {
   if (command.toLowerCase() !== "/auth") {
     return server.sendError(client, SAYS.authenticateFirst);
   }
+  const wait = Math.ceil(server.guesses.wait(client.host) / 1000);
+  if (wait > 0) {
+    const tooMany = "too many wrong passwords from your address";
+    return server.sendError(client, `${tooMany}: try again in ${wait} s`);
+  }
   // The password itself is never logged.
   if (passwordMatches(given, server.options.password ?? "")) {
     server.log(`${client.address} authenticated`);
+    server.guesses.forget(client.host);
     return server.letIn(client);
   }
+  server.guesses.wrong(client.host);
   client.wrongPasswords++;
   const tries = `${client.wrongPasswords} of ${PASSWORD_TRIES}`;
   server.log(`${client.address} sent a wrong password (${tries})`);
@@ -572,6 +587,27 @@ function authenticate(server: TcpServer, client: Client, line: string): void {
   if (client.wrongPasswords < PASSWORD_TRIES) return;
   server.sendError(client, "too many wrong passwords: disconnecting");
   server.close(client, "wrong password");
+}
+
+/**
+ * Against guessing: each wrong password makes its address wait longer
+ * (1 s, 2 s, 4 s, up to 32 s) before its next try, however many
+ * connections it opens. A right one clears the address.
+ */
+class Guesses {
+  readonly #byHost = new Map<string, { wrong: number; nextTry: number }>();
+  wait(host: string, now = performance.now()): number {
+    return Math.max(0, (this.#byHost.get(host)?.nextTry ?? 0) - now);
+  }
+  wrong(host: string, now = performance.now()): void {
+    const wrong = (this.#byHost.get(host)?.wrong ?? 0) + 1;
+    if (this.#byHost.size >= 10_000) this.#byHost.clear(); // stays bounded
+    const nextTry = now + 1000 * 2 ** Math.min(wrong - 1, 5);
+    this.#byHost.set(host, { wrong, nextTry });
+  }
+  forget(host: string): void {
+    this.#byHost.delete(host);
+  }
 }
 
 /** How long a leaving client may take to receive its last lines. */
@@ -611,6 +647,13 @@ class Outbox {
     this.#unsent += cost;
     this.#writing ??= this.#writeQueued();
     return true;
+  }
+
+  get halfFull(): boolean {
+    return this.#unsent > this.maxPendingBytes / 2;
+  }
+  async emptied(): Promise<void> {
+    await this.#writing;
   }
 
   /** Takes no more; sends what is queued (a few seconds at most), then closes. */
@@ -729,6 +772,9 @@ function checkItem(item: unknown): string {
   const name = item.trim();
   const max = INVENTORY.maxItemLength;
   if (name === "") throw new BadRequest("an item name cannot be empty");
+  if (/^[\p{Cf}\p{Z}]+$/u.test(name)) { // zero-width, invisible
+    throw new BadRequest("an item name needs a visible character");
+  }
   if ([...name].length > max) {
     throw new BadRequest(`an item name is ${max} characters at most`);
   }
@@ -746,27 +792,37 @@ function checkQuantity(quantity: unknown): number {
   throw new BadRequest(`the quantity must be a whole number from 1 to ${max}`);
 }
 
+/** The most items the stock holds: each reply carries the whole stock. */
+const MAX_ITEMS = 1000;
+
+/** A change waiting for the save that makes it done. */
+type Queued = {
+  address: string;
+  change: Change;
+  done: PromiseWithResolvers<InventoryReply>;
+};
+
 /** A running inventory server: the same sockets, another protocol. */
 export class InventoryServer extends TcpServer {
   protected override readonly pacesAll = false; // a request waits its save
-  readonly #stock: Map<string, number>;
-  readonly #dataFile?: DataFile;
+  #stock: Map<string, number>; // as on disk: a change shows once saved
+  #queued: Queued[] = []; // changes for the next save
+  #committing?: Promise<void>;
 
-  /** Loads the data file, if any (or throws a DataFileError); listens. */
+  /** Takes the data file, if any (or throws a DataFileError); listens. */
   static async start(options: Partial<ServerOptions> = {}) {
     const full = { ...DEFAULTS, ...options };
-    const stock = full.dataFile ? await loadStock(full.dataFile) : {};
-    return new InventoryServer(full, listen(full), stock);
+    const file = full.dataFile ? await DataFile.open(full.dataFile) : undefined;
+    return new InventoryServer(full, listen(full), file);
   }
 
   private constructor(
     options: ServerOptions,
     listener: Deno.Listener,
-    stock: Stock,
+    readonly dataFile?: DataFile,
   ) {
     super(options, listener);
-    this.#stock = new Map(Object.entries(stock));
-    if (options.dataFile) this.#dataFile = new DataFile(options.dataFile);
+    this.#stock = new Map(Object.entries(dataFile?.stock ?? {}));
   }
 
   /** The stock as a plain object, for JSON. */
@@ -793,48 +849,46 @@ export class InventoryServer extends TcpServer {
     this.sendLine(client, JSON.stringify(reply));
   }
 
-  async #answer(address: string, line: string): Promise<InventoryReply> {
+  #answer(address: string, line: string): Promise<InventoryReply> {
+    const answer = (reply: InventoryReply) => Promise.resolve(reply);
     if (/^\/auth\b/i.test(line)) {
-      return { ok: true, message: "authenticated already" };
+      return answer({ ok: true, message: "authenticated already" });
     }
     const request = parseRequest(line);
-    if (request.action === "help") return { ok: true, message: INVENTORY.help };
-    if (request.action === "view") return { ok: true, inventory: this.stock };
-    return await this.#change(address, request);
+    if (request.action === "help") {
+      return answer({ ok: true, message: INVENTORY.help });
+    }
+    if (request.action === "view") {
+      return answer({ ok: true, inventory: this.stock });
+    }
+    const done = Promise.withResolvers<InventoryReply>();
+    this.#queued.push({ address, change: request, done });
+    this.#committing ??= this.#commitQueued();
+    return done.promise;
   }
 
-  // Adds or removes, saves, and only then says it is done: a request
-  // applies whole or changes nothing.
-  async #change(address: string, change: Change): Promise<InventoryReply> {
-    const { action, item, quantity } = change;
-    const before = this.#stock.get(item) ?? 0;
-    const after = action === "add" ? before + quantity : before - quantity;
-    const most = Number.MAX_SAFE_INTEGER;
-    if (after > most) {
-      throw new BadRequest(`cannot add: ${item} would pass ${most} in stock`);
+  // The changes queued meanwhile are applied to a copy of the stock and
+  // saved together; only then is the copy the stock and each one done. A
+  // failed save changes nothing, so memory and file always agree.
+  async #commitQueued(): Promise<void> {
+    while (this.#queued.length > 0) {
+      const batch = this.#queued;
+      this.#queued = [];
+      const next = new Map(this.#stock);
+      const replies = batch.map(({ change }) => applyChange(next, change));
+      const problem = await this.dataFile?.save(Object.fromEntries(next));
+      if (problem) this.log(`cannot save: ${problem}`);
+      else this.#stock = next;
+      batch.forEach(({ address, done }, i) => {
+        if (!replies[i].ok) return done.resolve(replies[i]);
+        if (problem) {
+          return done.resolve(failure(`cannot save the inventory: ${problem}`));
+        }
+        this.log(`${address}: ${replies[i].message}`);
+        done.resolve({ ...replies[i], inventory: this.stock });
+      });
     }
-    if (before === 0 && after < 0) throw new BadRequest(`no ${item} in stock`);
-    if (after < 0) throw new BadRequest(`only ${before} ${item} in stock`);
-    this.#set(item, after);
-    try {
-      await this.#dataFile?.save(() => this.stock);
-    } catch (error) {
-      // Not saved, so not done: undo the change and say why.
-      this.#set(item, (this.#stock.get(item) ?? 0) + before - after);
-      this.log(`cannot save: ${(error as Error).message}`);
-      return failure(`cannot save the inventory: ${(error as Error).message}`);
-    }
-    const message = action === "add"
-      ? `Added ${quantity} ${item}(s) to the inventory.`
-      : `Removed ${quantity} ${item}(s) from the inventory.`;
-    this.log(`${address}: ${message}`);
-    return { ok: true, message, inventory: this.stock };
-  }
-
-  // An item that reaches 0 leaves the stock.
-  #set(item: string, quantity: number): void {
-    if (quantity === 0) this.#stock.delete(item);
-    else this.#stock.set(item, quantity);
+    this.#committing = undefined;
   }
 
   errorText(text: string): string {
@@ -845,8 +899,37 @@ export class InventoryServer extends TcpServer {
   }
 
   protected override async beforeShutdown(): Promise<void> {
-    await this.#dataFile?.idle();
+    await this.#committing;
+    this.dataFile?.close();
   }
+}
+
+/** Adds or removes in `stock`, or says why not: a request is whole or nothing. */
+function applyChange(
+  stock: Map<string, number>,
+  change: Change,
+): InventoryReply {
+  const { action, item, quantity } = change;
+  const before = stock.get(item) ?? 0;
+  const after = action === "add" ? before + quantity : before - quantity;
+  const most = Number.MAX_SAFE_INTEGER;
+  if (after > most) {
+    return failure(`cannot add: ${item} would pass ${most} in stock`);
+  }
+  if (before === 0 && after < 0) return failure(`no ${item} in stock`);
+  if (after < 0) return failure(`only ${before} ${item} in stock`);
+  if (before === 0 && stock.size >= MAX_ITEMS) {
+    return failure(`the inventory holds ${MAX_ITEMS} different items at most`);
+  }
+  // An item that reaches 0 leaves the stock.
+  if (after === 0) stock.delete(item);
+  else stock.set(item, after);
+  return {
+    ok: true,
+    message: action === "add"
+      ? `Added ${quantity} ${item}(s) to the inventory.`
+      : `Removed ${quantity} ${item}(s) from the inventory.`,
+  };
 }
 
 function failure(error: string): InventoryReply {
@@ -875,7 +958,7 @@ async function loadStock(path: string): Promise<Stock> {
   }
   for (const [item, quantity] of Object.entries(data)) {
     if (Number.isSafeInteger(quantity) && (quantity as number) >= 1) continue;
-    const has = `"${item}" has ${JSON.stringify(quantity)}`;
+    const has = `${JSON.stringify(item)} has ${JSON.stringify(quantity)}`;
     throw corrupt(path, `${has}, not a whole number of 1 or more`);
   }
   return data;
@@ -883,7 +966,7 @@ async function loadStock(path: string): Promise<Stock> {
 
 function corrupt(path: string, why: string): DataFileError {
   return new DataFileError(
-    `Cannot load "${path}": ${why}. The file was left as it is.`,
+    `Cannot load "${path}": ${cleanText(why)}. The file was left as it is.`,
   );
 }
 
@@ -896,45 +979,56 @@ function fileReason(error: unknown): string {
 }
 
 /**
- * Saves so that a crash (even kill -9) loses no acknowledged change: write
- * a temporary file, flush it to the disk, rename it over the old one. A
- * rename is atomic: the file is always the old stock or the new. Changes
- * made during a save go together in the next one.
+ * The stock's file, for one server alone (a lock, `FILE.lock`, that the
+ * system lets go when the process ends, even on kill -9). A save writes
+ * a temporary file, flushes it to the disk, and renames it over the old
+ * one: a rename is atomic, so the file is always the old stock or the new.
  */
 class DataFile {
-  #waiting: PromiseWithResolvers<void>[] = [];
-  #saving?: Promise<void>;
+  private constructor(
+    readonly path: string,
+    readonly stock: Stock, // as the file held it at start
+    readonly lock: Deno.FsFile,
+  ) {}
 
-  constructor(readonly path: string) {}
-  /** Resolves once a save that includes the stock as it is now is on disk. */
-  save(snapshot: () => Stock): Promise<void> {
-    const saved = Promise.withResolvers<void>();
-    this.#waiting.push(saved);
-    this.#saving ??= this.#saveAll(snapshot);
-    return saved.promise;
-  }
-  async idle(): Promise<void> {
-    await this.#saving;
-  }
-
-  async #saveAll(snapshot: () => Stock): Promise<void> {
-    while (this.#waiting.length > 0) {
-      const batch = this.#waiting;
-      this.#waiting = [];
-      const text = JSON.stringify(snapshot(), null, 2) + "\n";
-      const temporary = `${this.path}.${Deno.pid}.tmp`;
-      try {
-        await Deno.writeTextFile(temporary, text);
-        using file = await Deno.open(temporary, { write: true });
-        await file.sync(); // on the disk, not just in the kernel's cache
-        await Deno.rename(temporary, this.path);
-        batch.forEach((waiter) => waiter.resolve());
-      } catch (error) {
-        const failed = new Error(fileReason(error));
-        batch.forEach((waiter) => waiter.reject(failed));
-      }
+  /** Takes the file for this server, and reads it; or a DataFileError. */
+  static async open(path: string): Promise<DataFile> {
+    const cannot = (why: string) =>
+      new DataFileError(`Cannot use "${path}": ${why}`);
+    const lock = await Deno.open(`${path}.lock`, { write: true, create: true })
+      .catch((error) => Promise.reject(cannot(fileReason(error))));
+    if (!await lock.tryLock(true)) {
+      lock.close();
+      throw cannot(`another server is using it (it holds "${path}.lock")`);
     }
-    this.#saving = undefined;
+    try {
+      await Deno.remove(`${path}.tmp`).catch(() => {}); // a killed save's
+      return new DataFile(path, await loadStock(path), lock);
+    } catch (error) {
+      lock.close();
+      throw error;
+    }
+  }
+
+  /** Saves `stock`: @returns undefined once it is on disk, else why not */
+  async save(stock: Stock): Promise<string | undefined> {
+    const temporary = `${this.path}.tmp`;
+    try {
+      await Deno.writeTextFile(
+        temporary,
+        JSON.stringify(stock, null, 2) + "\n",
+      );
+      using file = await Deno.open(temporary, { write: true });
+      await file.sync(); // on the disk, not just in the kernel's cache
+      await Deno.rename(temporary, this.path);
+    } catch (error) {
+      await Deno.remove(temporary).catch(() => {});
+      return fileReason(error);
+    }
+  }
+
+  close(): void {
+    this.lock.close(); // lets the lock go
   }
 }
 

@@ -7,12 +7,18 @@
 import { assert, assertEquals, assertMatch, assertThrows } from "@std/assert";
 import { parseBenchArgs } from "../bench/bench.ts";
 import { UsageError } from "../shared.ts";
-import { hasProgram, Spawned } from "./helpers.ts";
+import { hasProgram, Spawned, WAIT_MS, withTimeout } from "./helpers.ts";
+
+/**
+ * How long a bench run may take: the longest, --compare with two rounds,
+ * takes about 20 s on the project's machine.
+ */
+const BENCH_MS = 120_000;
 
 /** Runs a bench script with --json and parses each line it prints. */
 async function benchJson(script: string, args: string[]) {
   await using run = new Spawned(["run", "-A", script, ...args, "--json"]);
-  const status = await run.status();
+  const status = await run.status(BENCH_MS);
   assertEquals(status.code, 0, run.stderr.all.join("\n"));
   return run.stdout.all.map((line) => JSON.parse(line));
 }
@@ -169,7 +175,11 @@ function startFaultyRelay(mode: "drop" | "trickle") {
       clearInterval(trickle);
       listener.close();
       conns.forEach((conn) => conn.close());
-      await serving.catch(() => {});
+      await withTimeout(
+        serving.catch(() => {}),
+        WAIT_MS,
+        "the faulty relay to stop",
+      );
     },
   };
 }
@@ -279,7 +289,11 @@ Deno.test("deno task bench --compare prints a report a person reads", async () =
     "--rounds",
     "1",
   ]);
-  assertEquals((await run.status()).code, 0, run.stderr.all.join("\n"));
+  assertEquals(
+    (await run.status(BENCH_MS)).code,
+    0,
+    run.stderr.all.join("\n"),
+  );
   const report = run.stdout.all.join("\n");
   assertMatch(
     report,
@@ -309,7 +323,11 @@ Deno.test({
       {},
       "script",
     );
-    assertEquals((await run.status()).code, 0, run.stdout.all.join("\n"));
+    assertEquals(
+      (await run.status(BENCH_MS)).code,
+      0,
+      run.stdout.all.join("\n"),
+    );
     // The line reader here splits at "\r" too: each redraw is a line.
     const redraws = run.stdout.all.filter((line) => line.startsWith("round "));
     const ours = redraws.filter((part) =>

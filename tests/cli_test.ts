@@ -12,6 +12,8 @@ import {
   Spawned,
   startServer,
   TestClient,
+  WAIT_MS,
+  withTimeout,
 } from "./helpers.ts";
 
 const LOCAL = ["--host", "127.0.0.1", "--port", "0"];
@@ -220,10 +222,16 @@ while b"you are resetter" not in seen:
 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 s.close()
 `;
-  const { success } = await new Deno.Command("python3", {
-    args: ["-c", python, String(room.port)],
-  }).output();
-  assert(success);
+  await using resetter = new Spawned(
+    ["-c", python, String(room.port)],
+    {},
+    "python3",
+  );
+  assertEquals(
+    (await resetter.status()).code,
+    0,
+    resetter.stderr.all.join("\n"),
+  );
   assertEquals(await amey.lines.waitFor(/left/), "* resetter left");
   await room.console.waitFor(/resetter left \(reset\)$/);
 });
@@ -304,7 +312,11 @@ Deno.test("client.ts --trace prints each socket step: a line split over reads is
     "tr",
     "--trace",
   ], { stdin: "piped" });
-  using conn = await listener.accept();
+  using conn = await withTimeout(
+    listener.accept(),
+    WAIT_MS,
+    "client.ts to connect",
+  );
   const peer = `127.0.0.1:${port}`;
   assertMatch(
     await client.stderr.next(),
@@ -314,7 +326,12 @@ Deno.test("client.ts --trace prints each socket step: a line split over reads is
     await client.stderr.next(),
     `write 9 bytes to ${peer} (all sent)`,
   );
-  const send = (text: string) => conn.write(new TextEncoder().encode(text));
+  const send = (text: string) =>
+    withTimeout(
+      conn.write(new TextEncoder().encode(text)),
+      WAIT_MS,
+      `client.ts to take "${text}"`,
+    );
   // Each piece is sent once the client has read the one before.
   await send("hel");
   assertEquals(
@@ -377,10 +394,10 @@ Deno.test("client.ts says so and exits 1 when the server closes the connection",
     ]);
   });
   await t.step("server shut down", async () => {
-    const room = startServer();
+    await using room = startServer();
     await using client = spawnClient(room.port, "kim");
     await room.console.waitFor(/ kim joined$/);
-    await room.server.stop();
+    await room.stop();
     assertEquals((await client.status()).code, 1);
     assertEquals(client.stdout.all.at(-1), "* server shutting down");
     assertEquals(client.stderr.all, [
@@ -417,6 +434,48 @@ Deno.test({
     await nc.endInput();
     assertEquals(await amey.lines.waitFor(/left/), "* netcat left");
     assertEquals((await nc.status()).code, 0);
+  },
+});
+
+const TELNET_MISSING = !hasProgram("telnet");
+const NCAT_MISSING = !hasProgram("ncat");
+if (TELNET_MISSING || NCAT_MISSING) {
+  console.log(
+    "skipping the telnet and ncat chat test: it needs telnet (inetutils-telnet) and ncat",
+  );
+}
+
+Deno.test({
+  name:
+    "telnet and ncat are chat clients of server.ts: a line typed in one reaches the other",
+  ignore: TELNET_MISSING || NCAT_MISSING,
+  async fn() {
+    await using server = Spawned.script("server.ts", LOCAL, { stdin: "piped" });
+    const port = await bannerPort(server);
+    // Peers we did not write; telnet ends each line with "\r\n".
+    await using telnet = new Spawned(["127.0.0.1", String(port)], {
+      stdin: "piped",
+    }, "telnet");
+    await telnet.stdout.waitFor(/^\* you are guest-\d+: pick a name/);
+    await using ncat = new Spawned(["127.0.0.1", String(port)], {
+      stdin: "piped",
+    }, "ncat");
+    await ncat.stdout.waitFor(/^\* you are guest-\d+: pick a name/);
+
+    await telnet.type("/nick tel");
+    assertMatch(
+      await ncat.stdout.waitFor(/known as tel$/),
+      /^\* guest-\d+ is now known as tel$/,
+    );
+    await ncat.type("/nick nc");
+    assertMatch(
+      await telnet.stdout.waitFor(/known as nc$/),
+      /^\* guest-\d+ is now known as nc$/,
+    );
+    await telnet.type("hello from telnet");
+    assertEquals(await ncat.stdout.waitFor(/^</), "<tel> hello from telnet");
+    await ncat.type("hello from ncat");
+    assertEquals(await telnet.stdout.waitFor(/^</), "<nc> hello from ncat");
   },
 });
 

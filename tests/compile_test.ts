@@ -15,7 +15,10 @@ import {
   TARGETS,
 } from "../build/compile.ts";
 import { UsageError } from "../shared.ts";
-import { bannerPort, ROOT, Spawned, TestClient } from "./helpers.ts";
+import { bannerPort, Spawned, TestClient } from "./helpers.ts";
+
+/** How long one `deno compile` may take: it may download Deno's runtime. */
+const COMPILE_MS = 300_000;
 
 Deno.test("compile builds every program for every platform by default, or fewer when asked", () => {
   const all = parseCompileArgs([]);
@@ -123,7 +126,7 @@ Deno.test("deno task compile type checks, then gets as far as the runtime for ea
     "--out",
     out,
   ]);
-  const status = await task.status();
+  const status = await task.status(COMPILE_MS);
   const file = `${out}/socklab-client-x86_64-pc-windows-msvc.exe`;
   assertEquals(task.stdout.all[0], "Checking client.ts");
   if (status.code === 0) {
@@ -148,19 +151,14 @@ Deno.test("deno task compile type checks, then gets as far as the runtime for ea
 async function buildNative(): Promise<{ dir: string } | { skip: string }> {
   const dir = await Deno.makeTempDir();
   for (const program of ["server", "client"]) {
-    const { success, stderr } = await new Deno.Command(Deno.execPath(), {
-      args: compileArgs(program, Deno.build.target, dir),
-      cwd: ROOT,
-      stdout: "null",
-      stderr: "piped",
-    }).output();
+    await using build = new Spawned(
+      compileArgs(program, Deno.build.target, dir),
+    );
+    const { success } = await build.status(COMPILE_MS);
     if (!success) {
       await Deno.remove(dir, { recursive: true });
       return {
-        skip: compileFailure(
-          new TextDecoder().decode(stderr),
-          Deno.build.target,
-        ),
+        skip: compileFailure(build.stderr.all.join("\n"), Deno.build.target),
       };
     }
   }

@@ -14,6 +14,8 @@ import {
   Spawned,
   TestClient,
   UdpPeer,
+  WAIT_MS,
+  withTimeout,
 } from "./helpers.ts";
 
 const LOCAL = ["--host", "127.0.0.1", "--port", "0"];
@@ -30,10 +32,23 @@ function randomBytes(random: () => number, length: number): Uint8Array {
 
 /** One hostile TCP peer: it does a random bad thing, then vanishes. */
 async function tcpVandal(port: number, random: () => number): Promise<void> {
-  let conn;
+  let conn: Deno.Conn | undefined;
+  const kind = Math.floor(random() * 4);
   try {
+    await withTimeout(vandalize(), WAIT_MS, `vandal ${kind} to be done`);
+  } catch {
+    // The server may close a vandal first: that is its right. One it
+    // stops reading is closed below.
+  } finally {
+    try {
+      conn?.close();
+    } catch {
+      // Already closed.
+    }
+  }
+
+  async function vandalize(): Promise<void> {
     conn = await Deno.connect({ hostname: "127.0.0.1", port });
-    const kind = Math.floor(random() * 4);
     if (kind === 0) {
       // Random bytes, control characters and escapes included.
       await conn.write(randomBytes(random, 1 + Math.floor(random() * 8192)));
@@ -47,14 +62,6 @@ async function tcpVandal(port: number, random: () => number): Promise<void> {
       // Many lines at once, some of them commands.
       const lines = ["/nick", "/msg", "/me", "//", "/who", "/kick x", "\r\r\n"];
       await conn.write(new TextEncoder().encode(lines.join("\n").repeat(50)));
-    }
-  } catch {
-    // The server may close a vandal first: that is its right.
-  } finally {
-    try {
-      conn?.close();
-    } catch {
-      // Already closed.
     }
   }
 }

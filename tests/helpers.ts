@@ -1,7 +1,9 @@
 /**
  * Test helpers: a line-reading TCP client, a log to wait on, and spawned
  * scripts whose output can be waited on line by line. Every wait has a
- * time limit, so a missing line fails the test instead of hanging it.
+ * time limit ({@linkcode withTimeout}), so a missing line, a process that
+ * does not exit or a peer that does not answer fails the test with a
+ * message naming what it waited for, instead of hanging it.
  *
  * @module
  */
@@ -12,6 +14,30 @@ import { UdpServer, type UdpServerOptions } from "../udp_server.ts";
 
 /** How long a test waits for a line before it fails. */
 export const WAIT_MS = 10_000;
+
+/**
+ * Waits for `promise`, for at most `ms`.
+ * @param what what is awaited, for the message: "server.ts to exit"
+ * @throws when the time is up: "timed out after 10000 ms waiting for ..."
+ */
+export async function withTimeout<T>(
+  promise: PromiseLike<T>,
+  ms: number,
+  what: string,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeUp = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)),
+      ms,
+    );
+  });
+  try {
+    return await Promise.race([promise, timeUp]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** The repository root, where the scripts are. */
 export const ROOT = new URL("..", import.meta.url).pathname;
@@ -139,23 +165,37 @@ export class TestClient {
   readonly lines = new LineQueue();
   readonly #pump: Promise<void>;
 
-  private constructor(readonly conn: Deno.Conn) {
+  private constructor(readonly conn: Deno.Conn, readonly port: number) {
     this.#pump = pumpLines((buffer) => conn.read(buffer), this.lines);
   }
 
   static async connect(port: number): Promise<TestClient> {
-    return new TestClient(await Deno.connect({ hostname: "127.0.0.1", port }));
+    const conn = await withTimeout(
+      Deno.connect({ hostname: "127.0.0.1", port }),
+      WAIT_MS,
+      `a connection to 127.0.0.1:${port}`,
+    );
+    return new TestClient(conn, port);
   }
 
   /** Connects with TLS, trusting `caCert` (PEM). */
   static async connectTls(port: number, caCert: string): Promise<TestClient> {
-    const conn = await Deno.connectTls({
-      hostname: "127.0.0.1",
-      port,
-      caCerts: [caCert],
-    });
-    await conn.handshake();
-    return new TestClient(conn);
+    const conn = await withTimeout(
+      Deno.connectTls({ hostname: "127.0.0.1", port, caCerts: [caCert] }),
+      WAIT_MS,
+      `a TLS connection to 127.0.0.1:${port}`,
+    );
+    try {
+      await withTimeout(
+        conn.handshake(),
+        WAIT_MS,
+        `the TLS handshake with 127.0.0.1:${port}`,
+      );
+    } catch (error) {
+      conn.close();
+      throw error;
+    }
+    return new TestClient(conn, port);
   }
 
   /**
@@ -182,9 +222,16 @@ export class TestClient {
     const data = typeof bytes === "string"
       ? new TextEncoder().encode(bytes)
       : bytes;
-    for (let sent = 0; sent < data.length;) {
-      sent += await this.conn.write(data.subarray(sent));
-    }
+    const what = `127.0.0.1:${this.port} to take ${data.length} bytes`;
+    await withTimeout(
+      (async () => {
+        for (let sent = 0; sent < data.length;) {
+          sent += await this.conn.write(data.subarray(sent));
+        }
+      })(),
+      WAIT_MS,
+      what,
+    );
   }
 
   /** Takes the next line. */
@@ -195,7 +242,12 @@ export class TestClient {
   /** Waits until the server closes the connection. */
   async closedByServer(): Promise<void> {
     await this.lines.waitForEnd();
-    await this.#pump;
+    await this.#pumped();
+  }
+
+  #pumped(): Promise<void> {
+    const what = `the reads from 127.0.0.1:${this.port} to end`;
+    return withTimeout(this.#pump, WAIT_MS, what);
   }
 
   close(): void {
@@ -208,24 +260,58 @@ export class TestClient {
 
   async [Symbol.asyncDispose](): Promise<void> {
     this.close();
-    await this.#pump;
+    await this.#pumped();
   }
 }
 
-/** A spawned script, with its output as queues of lines. */
+/** Connects `count` clients at once; `await using` closes them all. */
+export async function connectAll(port: number, count: number) {
+  const clients: TestClient[] = [];
+  const group = {
+    clients,
+    async [Symbol.asyncDispose]() {
+      await Promise.all(clients.map((client) => client[Symbol.asyncDispose]()));
+    },
+  };
+  const connecting = Array.from(
+    { length: count },
+    async () => clients.push(await TestClient.connect(port)),
+  );
+  const results = await Promise.allSettled(connecting);
+  const failed = results.find((result) => result.status === "rejected");
+  if (failed) {
+    await group[Symbol.asyncDispose]();
+    throw failed.reason;
+  }
+  return group;
+}
+
+/** How a script is spawned: its standard input and extra environment. */
+type SpawnOptions = { stdin?: "piped" | "null"; env?: Record<string, string> };
+
+/**
+ * A spawned script, with its output as queues of lines. `await using`
+ * kills it (SIGKILL) and waits for it, even when the test fails.
+ */
 export class Spawned {
   readonly stdout = new LineQueue();
   readonly stderr = new LineQueue();
+  /** The command line, for messages: `server.ts --port 0`. */
+  readonly label: string;
   readonly #child: Deno.ChildProcess;
   readonly #writer?: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #readers: ReadableStreamDefaultReader<Uint8Array>[];
   readonly #pumps: Promise<void>[];
 
   /** Runs `program` (Deno itself by default) with `args`. */
   constructor(
     args: string[],
-    options: { stdin?: "piped" | "null"; env?: Record<string, string> } = {},
+    options: SpawnOptions = {},
     program: string = Deno.execPath(),
   ) {
+    const name = program === Deno.execPath() ? "deno" : program;
+    this.label = [name, ...args].join(" ").replace(/^deno run -A /, "")
+      .slice(0, 120);
     this.#child = new Deno.Command(program, {
       args,
       cwd: ROOT,
@@ -237,9 +323,12 @@ export class Spawned {
     if (options.stdin === "piped") {
       this.#writer = this.#child.stdin.getWriter();
     }
+    this.#readers = [this.#child.stdout, this.#child.stderr].map((stream) =>
+      stream.getReader()
+    );
     this.#pumps = [
-      pumpStream(this.#child.stdout, this.stdout),
-      pumpStream(this.#child.stderr, this.stderr),
+      pumpStream(this.#readers[0], this.stdout),
+      pumpStream(this.#readers[1], this.stderr),
     ];
   }
 
@@ -247,7 +336,7 @@ export class Spawned {
   static script(
     script: string,
     args: string[] = [],
-    options: { stdin?: "piped" | "null"; env?: Record<string, string> } = {},
+    options: SpawnOptions = {},
   ): Spawned {
     return new Spawned(["run", "-A", script, ...args], options);
   }
@@ -258,12 +347,20 @@ export class Spawned {
 
   /** Types a line on the script's standard input. */
   async type(line: string): Promise<void> {
-    await this.#writer!.write(encodeLine(line));
+    await withTimeout(
+      this.#writer!.write(encodeLine(line)),
+      WAIT_MS,
+      `${this.label} to read its input`,
+    );
   }
 
   /** Ends the script's standard input (Ctrl-D, or the end of a pipe). */
   async endInput(): Promise<void> {
-    await this.#writer!.close();
+    await withTimeout(
+      this.#writer!.close(),
+      WAIT_MS,
+      `${this.label} to read the end of its input`,
+    );
   }
 
   kill(signal: Deno.Signal = "SIGTERM"): void {
@@ -274,29 +371,47 @@ export class Spawned {
     }
   }
 
-  /** Waits for the exit and all output. */
-  async status(): Promise<Deno.CommandStatus> {
-    const status = await this.#child.status;
-    await Promise.all(this.#pumps);
+  /**
+   * Waits for the exit and all output, for at most `timeoutMs` each.
+   * @throws when the script does not exit in time (it is left running:
+   * `await using` kills it)
+   */
+  async status(timeoutMs: number = WAIT_MS): Promise<Deno.CommandStatus> {
+    const status = await withTimeout(
+      this.#child.status,
+      timeoutMs,
+      `${this.label} to exit`,
+    );
+    await withTimeout(
+      Promise.all(this.#pumps),
+      timeoutMs,
+      `the output of ${this.label} to end`,
+    );
     return status;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     this.kill("SIGKILL");
     try {
-      await this.#writer?.close();
+      if (this.#writer) {
+        await withTimeout(this.#writer.close(), WAIT_MS, "stdin to close");
+      }
     } catch {
       // Already closed, or the process is gone.
     }
-    await this.status();
+    try {
+      await this.status();
+    } finally {
+      // A child of the script may hold its output open: stop reading it.
+      for (const reader of this.#readers) reader.cancel().catch(() => {});
+    }
   }
 }
 
 async function pumpStream(
-  stream: ReadableStream<Uint8Array>,
+  reader: ReadableStreamDefaultReader<Uint8Array>,
   queue: LineQueue,
 ): Promise<void> {
-  const reader = stream.getReader();
   let pending: Uint8Array = new Uint8Array(0);
   await pumpLines(async (buffer) => {
     if (pending.length === 0) {
@@ -313,7 +428,16 @@ async function pumpStream(
 
 /** The port a spawned server prints in its banner. */
 export async function bannerPort(server: Spawned): Promise<number> {
-  const banner = await server.stdout.waitFor(/listening on \S+:\d+/);
+  let banner;
+  try {
+    banner = await server.stdout.waitFor(/listening on \S+:\d+/);
+  } catch (error) {
+    const stderr = server.stderr.all.join("\n");
+    const why = (error as Error).message;
+    throw new Error(
+      `${server.label} printed no banner: ${why}\nstderr:\n${stderr}`,
+    );
+  }
   return Number(/:(\d+)/.exec(banner.split("listening on ")[1])![1]);
 }
 
@@ -355,8 +479,8 @@ export function startServer(options: Partial<ServerOptions> = {}) {
 }
 
 /**
- * A server running in the test's process, its log, and its port; `await
- * using` stops it.
+ * A server running in the test's process, its log, and its port; `stop()`
+ * stops it (within a time limit), and so does `await using`.
  */
 function inProcess<
   Server extends { addr: Deno.NetAddr; stop(): Promise<void> },
@@ -364,12 +488,10 @@ function inProcess<
   server: Server,
   log: LineQueue,
 ) {
-  return {
-    server,
-    log,
-    port: server.addr.port,
-    [Symbol.asyncDispose]: () => server.stop(),
-  };
+  const { port } = server.addr;
+  const stop = () =>
+    withTimeout(server.stop(), WAIT_MS, `the server on port ${port} to stop`);
+  return { server, log, port, stop, [Symbol.asyncDispose]: stop };
 }
 
 /**
@@ -400,11 +522,12 @@ export class UdpPeer {
     const bytes = typeof message === "string"
       ? new TextEncoder().encode(message)
       : message;
-    await this.socket.send(bytes, {
-      transport: "udp",
-      hostname: "127.0.0.1",
-      port: this.serverPort,
-    });
+    const to = { transport: "udp", hostname: "127.0.0.1" } as const;
+    await withTimeout(
+      this.socket.send(bytes, { ...to, port: this.serverPort }),
+      WAIT_MS,
+      `a datagram to be sent to 127.0.0.1:${this.serverPort}`,
+    );
   }
 
   /** Sends a datagram and takes the next datagram that comes. */
@@ -432,7 +555,7 @@ export class UdpPeer {
     } catch {
       // Already closed.
     }
-    await this.#loop;
+    await withTimeout(this.#loop, WAIT_MS, "the UDP peer's socket to close");
   }
 }
 
@@ -477,8 +600,8 @@ export async function makeCertificate() {
   const folder = await Deno.makeTempDir();
   const certFile = `${folder}/cert.pem`;
   const keyFile = `${folder}/key.pem`;
-  const { success, stderr } = await new Deno.Command("openssl", {
-    args: [
+  await using openssl = new Spawned(
+    [
       "req",
       "-x509",
       "-newkey",
@@ -497,10 +620,11 @@ export async function makeCertificate() {
       "-addext",
       "subjectAltName=DNS:localhost,IP:127.0.0.1",
     ],
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  if (!success) throw new Error(new TextDecoder().decode(stderr));
+    {},
+    "openssl",
+  );
+  const { success } = await openssl.status(30_000);
+  if (!success) throw new Error(openssl.stderr.all.join("\n"));
   return { folder, certFile, keyFile, cert: await Deno.readTextFile(certFile) };
 }
 

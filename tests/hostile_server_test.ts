@@ -210,3 +210,27 @@ Deno.test("raw TCP to a TLS server never joins the room", async (t) => {
     await Deno.remove(tls.folder, { recursive: true });
   }
 });
+
+Deno.test("guessing: after a wrong password, its address waits before the next try, on any connection", async () => {
+  await using room = startServer({ password: "s3cret" });
+  await using first = await TestClient.connect(room.port);
+  await first.lines.waitFor(/needs a password/);
+  await first.send("/auth guess0");
+  assertEquals(await first.lines.waitFor(/^!/), "! wrong password");
+  // Ten connections at once, each with a guess: none is even checked.
+  const others = await Promise.all(
+    Array.from({ length: 10 }, () => TestClient.connect(room.port)),
+  );
+  try {
+    for (const [i, client] of others.entries()) {
+      await client.lines.waitFor(/needs a password/);
+      await client.send(i === 9 ? "/auth s3cret" : `/auth guess${i + 1}`);
+      assertEquals(
+        await client.lines.waitFor(/^!/),
+        "! too many wrong passwords from your address: try again in 1 s",
+      );
+    }
+  } finally {
+    for (const client of others) await client[Symbol.asyncDispose]();
+  }
+});

@@ -4,14 +4,21 @@
  * @module
  */
 
-import { assert, assertEquals, assertMatch } from "@std/assert";
+import {
+  assert,
+  assertEquals,
+  assertMatch,
+  assertNotEquals,
+} from "@std/assert";
 import {
   bannerPort,
   closedPort,
+  connectAll,
   hasProgram,
   Spawned,
   startInventory,
   TestClient,
+  WAIT_MS,
 } from "./helpers.ts";
 
 const LOCAL = ["--host", "127.0.0.1", "--port", "0"];
@@ -112,10 +119,8 @@ Deno.test("inventory serves many requests per connection and one connection per 
 
 Deno.test("inventory ends with exactly 2000 after 20 clients each add 1 unit 100 times at once", async () => {
   await using service = await startInventory();
-  const clients = await Promise.all(
-    Array.from({ length: 20 }, () => TestClient.connect(service.port)),
-  );
-  await Promise.all(clients.map(async (client) => {
+  await using group = await connectAll(service.port, 20);
+  await Promise.all(group.clients.map(async (client) => {
     for (let i = 0; i < 100; i++) {
       assertEquals(
         (await request(client, '{"action":"add","item":"Soap","quantity":1}'))
@@ -124,11 +129,10 @@ Deno.test("inventory ends with exactly 2000 after 20 clients each add 1 unit 100
       );
     }
   }));
-  assertEquals(await request(clients[0], "view"), {
+  assertEquals(await request(group.clients[0], "view"), {
     ok: true,
     inventory: { Soap: 2000 },
   });
-  for (const client of clients) await client[Symbol.asyncDispose]();
 });
 
 Deno.test("inventory answers each bad request with an error, changes nothing, and keeps the connection", async (t) => {
@@ -237,6 +241,102 @@ Deno.test("--data keeps the stock across restarts; a missing file starts empty",
   await Deno.remove(folder, { recursive: true });
 });
 
+/** The names in a folder, sorted. */
+async function namesIn(folder: string): Promise<string[]> {
+  const names = [];
+  for await (const entry of Deno.readDir(folder)) names.push(entry.name);
+  return names.sort();
+}
+
+Deno.test("--data saves each change by renaming a new file over the old one, and leaves no temporary file", async () => {
+  const folder = await Deno.makeTempDir();
+  try {
+    const data = `${folder}/stock.json`;
+    await Deno.writeTextFile(data, '{"Soap": 1}\n');
+    await using service = await startInventory({ dataFile: data });
+    await using client = await TestClient.connect(service.port);
+    // What the folder holds with the server running (a lock file, say):
+    // after each save it holds that again, and no more.
+    const files = await namesIn(folder);
+    const changes: [string, Record<string, number>][] = [
+      ["add Soap 199", { Soap: 200 }],
+      ["add Green Tea 5", { Soap: 200, "Green Tea": 5 }],
+      ["remove Soap 200", { "Green Tea": 5 }],
+    ];
+    for (const [line, stock] of changes) {
+      const { ino } = await Deno.stat(data);
+      assertEquals((await request(client, line)).inventory, stock);
+      // Saved before the reply: the file holds the new stock, whole.
+      assertEquals(JSON.parse(await Deno.readTextFile(data)), stock, line);
+      assertNotEquals(
+        (await Deno.stat(data)).ino,
+        ino,
+        `${line}: a new file took the old one's name (it was not rewritten in place)`,
+      );
+      assertEquals(await namesIn(folder), files, "no temporary file is left");
+    }
+    // Changes from many clients at once: still one whole file, no leftovers.
+    await using group = await connectAll(service.port, 5);
+    await Promise.all(
+      group.clients.map((other) => request(other, "add Pen 1")),
+    );
+    assertEquals(JSON.parse(await Deno.readTextFile(data)), {
+      "Green Tea": 5,
+      Pen: 5,
+    });
+    assertEquals(await namesIn(folder), files);
+  } finally {
+    await Deno.remove(folder, { recursive: true });
+  }
+});
+
+Deno.test("a change that cannot be saved is refused with an error, and undone: a following view does not show it", async () => {
+  const folder = await Deno.makeTempDir();
+  try {
+    const data = `${folder}/stock.json`;
+    await using service = await startInventory({ dataFile: data });
+    await using client = await TestClient.connect(service.port);
+    assertEquals((await request(client, "add Soap 5")).inventory, { Soap: 5 });
+    const files = await namesIn(folder);
+    // The data file's name now belongs to a folder, so the rename over it
+    // fails. (Tests run as root, where permission bits stop no write.)
+    await Deno.remove(data);
+    await Deno.mkdir(data);
+    const refused = "cannot save the inventory: it is a folder";
+    assertEquals(await request(client, "add Soap 7"), {
+      ok: false,
+      error: refused,
+    });
+    assertEquals(await request(client, "add Green Tea 2"), {
+      ok: false,
+      error: refused,
+    });
+    assertEquals(await request(client, "remove Soap 5"), {
+      ok: false,
+      error: refused,
+    }, "a remove that would empty the item, refused too");
+    assertEquals(await request(client, "view"), {
+      ok: true,
+      inventory: { Soap: 5 },
+    });
+    await using other = await TestClient.connect(service.port);
+    assertEquals((await request(other, "view")).inventory, { Soap: 5 });
+    assertMatch(
+      await service.log.waitFor(/cannot save/),
+      /cannot save: it is a folder$/,
+    );
+
+    // Once the file can be saved again, the next change is saved, without
+    // the refused ones.
+    await Deno.remove(data);
+    assertEquals((await request(client, "add Soap 1")).inventory, { Soap: 6 });
+    assertEquals(JSON.parse(await Deno.readTextFile(data)), { Soap: 6 });
+    assertEquals(await namesIn(folder), files, "no temporary file is left");
+  } finally {
+    await Deno.remove(folder, { recursive: true });
+  }
+});
+
 Deno.test("server.ts refuses to start on a corrupt or unreadable data file, and leaves it as it is", async (t) => {
   const folder = await Deno.makeTempDir();
   const cases: [string, string, RegExp][] = [
@@ -301,11 +401,9 @@ Deno.test("kill -9 during a stream of adds loses no acknowledged add", async () 
   {
     await using server = Spawned.script("server.ts", args);
     const port = await bannerPort(server);
-    const clients = await Promise.all(
-      acknowledged.map(() => TestClient.connect(port)),
-    );
+    await using group = await connectAll(port, acknowledged.length);
     let killed = false;
-    const streams = clients.map(async (client, k) => {
+    const streams = group.clients.map(async (client, k) => {
       // Each client adds 1 of its own item, again and again, counting acks.
       while (true) {
         await client.send(`add item-${k} 1`).catch(() => {});
@@ -321,7 +419,6 @@ Deno.test("kill -9 during a stream of adds loses no acknowledged add", async () 
     });
     await Promise.all(streams);
     assertEquals((await server.status()).signal, "SIGKILL");
-    for (const client of clients) await client[Symbol.asyncDispose]();
   }
   const saved = JSON.parse(await Deno.readTextFile(data));
   await using restarted = Spawned.script("server.ts", args);
@@ -358,6 +455,91 @@ Deno.test("server.ts --service inventory prints its banner and stops cleanly on 
   await server.stdout.waitFor(/lives in memory/);
   server.kill("SIGTERM");
   assertEquals((await server.status()).code, 0);
+});
+
+/** Runs server.ts --service inventory with `flags`, on a free port. */
+function spawnInventory(flags: string[]): Spawned {
+  return Spawned.script("server.ts", [
+    ...LOCAL,
+    "--service",
+    "inventory",
+    ...flags,
+  ]);
+}
+
+Deno.test("server.ts --service inventory --iterative answers one client at a time; the next one's requests wait, then are answered", async () => {
+  await using server = spawnInventory(["--iterative"]);
+  const port = await bannerPort(server);
+  assertMatch(server.stdout.all[0], /\(iterative: one client at a time\)/);
+  await using first = await TestClient.connect(port);
+  assertEquals((await request(first, "add Soap 1")).inventory, { Soap: 1 });
+
+  // The second connects and asks while the first is served: it waits in
+  // the backlog, and the first's views never see its add.
+  await using second = await TestClient.connect(port);
+  await second.send("add Soap 10");
+  for (let i = 0; i < 5; i++) {
+    assertEquals(await request(first, "view"), {
+      ok: true,
+      inventory: { Soap: 1 },
+    });
+  }
+  assertEquals(second.lines.all, [], "the second client waits unserved");
+
+  first.close();
+  await server.stdout.waitFor(/waiting for the next client in the backlog$/);
+  assertEquals(JSON.parse(await second.next()), {
+    ok: true,
+    message: "Added 10 Soap(s) to the inventory.",
+    inventory: { Soap: 11 },
+  });
+});
+
+Deno.test("server.ts --service inventory --idle-timeout disconnects a silent client with a JSON error, and keeps an active one", async () => {
+  await using server = spawnInventory(["--idle-timeout", "1"]);
+  const port = await bannerPort(server);
+  await using idle = await TestClient.connect(port);
+  await using busy = await TestClient.connect(port);
+  assertEquals((await request(idle, "add Soap 1")).ok, true);
+  // The busy client keeps asking until the idle one is gone.
+  const deadline = Date.now() + WAIT_MS;
+  while (!idle.lines.ended && Date.now() < deadline) {
+    assertEquals(await request(busy, "view"), {
+      ok: true,
+      inventory: { Soap: 1 },
+    });
+    if (idle.lines.all.length > 1) break;
+  }
+  assertEquals(JSON.parse(await idle.next()), {
+    ok: false,
+    error: "idle for 1 s: disconnecting",
+  });
+  await idle.closedByServer();
+  await server.stdout.waitFor(/127\.0\.0\.1:\d+ disconnected \(idle\)$/);
+  assertEquals((await request(busy, "add Soap 2")).inventory, { Soap: 3 });
+});
+
+Deno.test("server.ts --service inventory --max-clients refuses the client over the limit with a JSON error, until a place comes free", async () => {
+  await using server = spawnInventory(["--max-clients", "2"]);
+  const port = await bannerPort(server);
+  await using one = await TestClient.connect(port);
+  await using two = await TestClient.connect(port);
+  // A reply to each: both are being served.
+  assertEquals((await request(one, "add Soap 1")).ok, true);
+  assertEquals((await request(two, "add Soap 1")).ok, true);
+
+  await using three = await TestClient.connect(port);
+  assertEquals(JSON.parse(await three.next()), {
+    ok: false,
+    error: "server full",
+  });
+  await three.closedByServer();
+  await server.stdout.waitFor(/refused 127\.0\.0\.1:\d+: server full$/);
+
+  one.close();
+  await server.stdout.waitFor(/disconnected \(closed\)$/);
+  await using four = await TestClient.connect(port);
+  assertEquals((await request(four, "view")).inventory, { Soap: 2 });
 });
 
 /** Runs client.ts --service inventory against 127.0.0.1:port. */

@@ -4,7 +4,7 @@
  */
 
 import { assert, assertEquals, assertMatch } from "@std/assert";
-import { startServer, TestClient } from "./helpers.ts";
+import { startServer, TestClient, WAIT_MS, withTimeout } from "./helpers.ts";
 import { seededRandom } from "../udp_server.ts";
 
 Deno.test("server relays a message to every other client, not back to its sender", async () => {
@@ -32,7 +32,7 @@ Deno.test("server relays a message to every other client, not back to its sender
 Deno.test("server announces joins, renames and leaves to the others", async () => {
   await using room = startServer();
   await using amey = await TestClient.join(room.port, "amey");
-  const karan = await TestClient.connect(room.port);
+  await using karan = await TestClient.connect(room.port);
 
   assertMatch(await amey.lines.next(), /^\* guest-\d+ joined$/);
   await karan.send("/nick Karan");
@@ -45,14 +45,13 @@ Deno.test("server announces joins, renames and leaves to the others", async () =
   await karan.send("/quit");
   await karan.lines.waitFor("* bye");
   await karan.closedByServer();
-  karan.close();
   assertEquals(await amey.lines.next(), "* Karan left");
   await room.console.waitFor(/Karan left \(quit\)$/);
 });
 
 Deno.test("server welcomes a client with who is online, a guest name and how to get help", async () => {
   await using room = startServer({ operatorName: "teacher" });
-  await using amey = await TestClient.join(room.port, "amey");
+  await using _amey = await TestClient.join(room.port, "amey");
   await using guest = await TestClient.connect(room.port);
 
   assertMatch(await guest.next(), /^\* welcome/);
@@ -61,30 +60,39 @@ Deno.test("server welcomes a client with who is online, a guest name and how to 
     await guest.next(),
     /^\* you are guest-\d+: pick a name with \/nick NAME; \/help lists the commands$/,
   );
-  assert(amey.lines.all.length > 0);
 });
 
 Deno.test("server gives each unnamed client its own guest name", async () => {
   await using room = startServer();
+  await using one = await TestClient.connect(room.port);
+  await using two = await TestClient.connect(room.port);
+  await using three = await TestClient.connect(room.port);
   const names = [];
-  const clients = [];
-  for (let i = 0; i < 3; i++) {
-    const client = await TestClient.connect(room.port);
-    clients.push(client);
+  for (const client of [one, two, three]) {
     names.push(
       /you are (guest-\d+)/.exec(await client.lines.waitFor(/you are/))![1],
     );
   }
   assertEquals(new Set(names).size, 3);
-  // A guest name someone took by hand is skipped for the next guest.
-  await clients[0].send("/nick guest-99");
-  await clients[0].lines.waitFor(/known as guest-99/);
-  await clients[1].send("/who");
-  assertMatch(await clients[1].lines.waitFor(/^\* online/), /guest-99/);
-  for (const client of clients) {
-    client.close();
-  }
-  for (const client of clients) await client.closedByServer();
+});
+
+Deno.test("the next guest skips a guest name someone took with /nick", async () => {
+  await using room = startServer();
+  await using first = await TestClient.connect(room.port);
+  assertMatch(await first.lines.waitFor(/^\* you are/), /^\* you are guest-1:/);
+  // guest-2 would be the next guest's name: first takes it by hand.
+  await first.send("/nick guest-2");
+  await first.lines.waitFor("* guest-1 is now known as guest-2");
+  await using next = await TestClient.connect(room.port);
+  assertMatch(
+    await next.lines.waitFor(/^\* you are/),
+    /^\* you are guest-3: pick a name with \/nick NAME/,
+  );
+  await next.send("/who");
+  assertEquals(
+    await next.lines.waitFor(/^\* online/),
+    "* online (3): guest-2, guest-3, server (operator)",
+  );
 });
 
 Deno.test("server refuses names that are taken, reserved or invalid", async (t) => {
@@ -134,15 +142,24 @@ Deno.test("server sends /msg to one client only, marked private", async () => {
     "[private] <amey> see you at 5",
   );
   await amey.send("for all");
+  assertEquals(await lina.lines.waitFor(/^</), "<amey> for all");
+  // Each connection's lines come in order: a copy of the private line
+  // would have reached lina before "for all".
   assertEquals(
-    await lina.lines.waitFor(/^</),
-    "<amey> for all",
-    "lina got no private line first",
+    lina.lines.all.filter((line) => line.includes("see you at 5")),
+    [],
+    "a third client does not see the private line",
   );
+
   await amey.send("/msg nobody hi");
   assertEquals(
     await amey.lines.waitFor(/^!/),
     '! no one named "nobody" is online',
+  );
+  assertEquals(
+    amey.lines.all.filter((line) => line.includes("see you at 5")),
+    [],
+    "the sender gets no copy",
   );
   await amey.send("/msg karan");
   assertEquals(await amey.lines.waitFor(/^!/), "! usage: /msg NAME TEXT");
@@ -338,27 +355,25 @@ Deno.test("server removes and announces a client that vanishes without /quit", a
   await using amey = await TestClient.join(room.port, "amey");
 
   await t.step("a closed connection", async () => {
-    const karan = await TestClient.join(room.port, "karan");
+    await using karan = await TestClient.join(room.port, "karan");
     karan.close();
     assertEquals(await amey.lines.waitFor(/left/), "* karan left");
     await room.console.waitFor(/karan left \(closed\)/);
   });
   await t.step("a half-closed connection still gets its answers", async () => {
-    const lina = await TestClient.join(room.port, "lina");
+    await using lina = await TestClient.join(room.port, "lina");
     await lina.send("/who");
     await lina.conn.closeWrite();
     assertMatch(await lina.lines.waitFor(/^\* online/), /lina/);
     await lina.closedByServer();
-    lina.close();
     assertEquals(await amey.lines.waitFor(/left/), "* lina left");
   });
   await t.step("a last line without a newline is still relayed", async () => {
-    const omar = await TestClient.join(room.port, "omar");
+    await using omar = await TestClient.join(room.port, "omar");
     await omar.write("no newline");
     await omar.conn.closeWrite();
     assertEquals(await amey.lines.waitFor(/^</), "<omar> no newline");
     await omar.closedByServer();
-    omar.close();
   });
   await amey.send("/who");
   assertEquals(
@@ -371,10 +386,11 @@ Deno.test("server drops a client that stops reading, without delaying the others
   await using room = startServer({ maxPendingBytes: 64 * 1024, rateLimit: 0 });
   // The sleeper connects and never reads: its socket buffers fill, then
   // what the server keeps for it passes the cap.
-  const sleeper = await Deno.connect({
-    hostname: "127.0.0.1",
-    port: room.port,
-  });
+  using _sleeper = await withTimeout(
+    Deno.connect({ hostname: "127.0.0.1", port: room.port }),
+    WAIT_MS,
+    "a connection to the server",
+  );
   await room.console.waitFor(/guest-\d+ joined/);
   await using talker = await TestClient.join(room.port, "talker");
   await using listener = await TestClient.join(room.port, "listener");
@@ -390,7 +406,6 @@ Deno.test("server drops a client that stops reading, without delaying the others
   }
   assertMatch(leftNotice!, /^\* guest-\d+ left \(too slow\)$/);
   await room.console.waitFor(/guest-\d+ left \(too slow\)$/);
-  sleeper.close();
 });
 
 Deno.test("iterative server serves one client at a time, then the next, with its early lines", async () => {
@@ -448,26 +463,29 @@ Deno.test("operator console talks to the room, lists and kicks clients", async (
 });
 
 Deno.test("server stop tells every client, closes them, and finishes", async () => {
-  const room = startServer();
-  const amey = await TestClient.join(room.port, "amey");
-  const karan = await TestClient.join(room.port, "karan");
+  await using room = startServer();
+  await using amey = await TestClient.join(room.port, "amey");
+  await using karan = await TestClient.join(room.port, "karan");
 
-  await room.server.stop();
+  await room.stop();
   for (const client of [amey, karan]) {
     assertEquals(
       await client.lines.waitFor(/shutting/),
       "* server shutting down",
     );
     await client.closedByServer();
-    client.close();
   }
-  await room.server.finished;
+  await withTimeout(room.server.finished, WAIT_MS, "the accept loop to end");
   await assertRefused(room.port);
 });
 
 async function assertRefused(port: number): Promise<void> {
   try {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    const conn = await withTimeout(
+      Deno.connect({ hostname: "127.0.0.1", port }),
+      WAIT_MS,
+      `a connection to 127.0.0.1:${port} (or its refusal)`,
+    );
     conn.close();
   } catch (error) {
     assert(error instanceof Deno.errors.ConnectionRefused);
@@ -479,27 +497,76 @@ async function assertRefused(port: number): Promise<void> {
 Deno.test("a room bigger than the announce limit stops announcing joins and leaves", async () => {
   await using room = startServer({ announceLimit: 2 });
   await using amey = await TestClient.join(room.port, "amey");
-  await using karan = await TestClient.join(room.port, "karan");
-  assertEquals(await amey.lines.waitFor(/joined/), "* guest-2 joined");
-  const third = await TestClient.join(room.port);
-  third.close();
-  await room.console.waitFor(/guest-3 left \(closed\)/);
-  // Its join and leave were logged, not announced: the next line is /who's.
+  await using _karan = await TestClient.join(room.port, "karan");
+  assertEquals(await amey.next(), "* guest-2 joined");
+  assertEquals(await amey.next(), "* guest-2 is now known as karan");
+  await using _third = await TestClient.join(room.port);
+  await using fourth = await TestClient.join(room.port);
+  fourth.close();
+  await room.console.waitFor(/guest-4 left \(closed\)/);
+  // The joins and the leave were logged, not announced: amey's next line
+  // answers its /who.
   await amey.send("/who");
-  assertMatch(
-    await amey.lines.waitFor(/^\*/),
-    /^\* (guest-2 is now known as karan|online)/,
+  assertEquals(
+    await amey.next(),
+    "* online (4): amey, karan, guest-3, server (operator)",
   );
-  assertEquals(amey.lines.all.filter((line) => /guest-3/.test(line)), []);
-  assert(karan.lines.all.length > 0);
+  assertEquals(
+    room.console.all.filter((line) => / guest-[34] (joined|left)/.test(line))
+      .map((line) => line.replace(/^\d\d:\d\d:\d\d /, "")),
+    ["guest-3 joined", "guest-4 joined", "guest-4 left (closed)"],
+    "the log still shows every join and leave",
+  );
+});
+
+Deno.test({
+  // BUG (shared.ts, ChatRoom.leave): it asks #announces() after removing
+  // the member, so the leave that brings the room back down to the
+  // announce limit is announced ("* guest-3 left") to clients that were
+  // never told guest-3 joined.
+  ignore: true,
+  name:
+    "the leave that brings a big room back to the announce limit is not announced, as its join was not",
+  async fn() {
+    await using room = startServer({ announceLimit: 2 });
+    await using amey = await TestClient.join(room.port, "amey");
+    await using _karan = await TestClient.join(room.port, "karan");
+    assertEquals(await amey.next(), "* guest-2 joined");
+    assertEquals(await amey.next(), "* guest-2 is now known as karan");
+    await using third = await TestClient.join(room.port);
+    third.close();
+    await room.console.waitFor(/guest-3 left \(closed\)/);
+    await amey.send("/who");
+    assertEquals(
+      await amey.next(),
+      "* online (3): amey, karan, server (operator)",
+    );
+  },
+});
+
+Deno.test("in a room bigger than the announce limit, the welcome counts the others and points to /who", async () => {
+  await using room = startServer({ announceLimit: 2 });
+  await using _amey = await TestClient.join(room.port, "amey");
+  await using _karan = await TestClient.join(room.port, "karan");
+  await using third = await TestClient.connect(room.port);
+  assertMatch(await third.next(), /^\* welcome/);
+  assertEquals(
+    await third.next(),
+    "* online: 2 others and server (operator); /who lists them",
+  );
+  assertMatch(await third.next(), /^\* you are guest-3:/);
+  await third.send("/who");
+  assertEquals(
+    await third.lines.waitFor(/^\* online/),
+    "* online (4): amey, karan, guest-3, server (operator)",
+  );
 });
 
 Deno.test("an iterative server that stops does not say it waits for the next client", async () => {
-  const room = startServer({ iterative: true });
-  const amey = await TestClient.join(room.port, "amey");
-  await room.server.stop();
+  await using room = startServer({ iterative: true });
+  await using amey = await TestClient.join(room.port, "amey");
+  await room.stop();
   await amey.closedByServer();
-  amey.close();
   const shutdown = room.console.all.findIndex((line) =>
     /shutting down/.test(line)
   );
@@ -513,10 +580,10 @@ Deno.test("an iterative server that stops does not say it waits for the next cli
 });
 
 Deno.test("server stop tells a client that has not joined yet, too", async () => {
-  const room = startServer({ nameWaitMs: 10_000 });
+  await using room = startServer({ nameWaitMs: 10_000 });
   await using waiting = await TestClient.connect(room.port);
   await room.console.waitFor(/connection from/);
-  await room.server.stop();
+  await room.stop();
   assertEquals(await waiting.next(), "* server shutting down");
   await waiting.closedByServer();
 });

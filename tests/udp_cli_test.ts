@@ -11,6 +11,7 @@ import {
   hasProgram,
   Spawned,
   startUdpServer,
+  TestClient,
   UdpPeer,
 } from "./helpers.ts";
 
@@ -38,6 +39,22 @@ function closedUdpPort(): number {
   const { port } = socket.addr as Deno.NetAddr;
   socket.close();
   return port;
+}
+
+/** A port number free for both TCP and UDP on 127.0.0.1 a moment ago. */
+function freeTcpAndUdpPort(): number {
+  for (let tries = 0; tries < 20; tries++) {
+    using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const { port } = listener.addr;
+    try {
+      Deno.listenDatagram({ hostname: "127.0.0.1", port, transport: "udp" })
+        .close();
+      return port;
+    } catch {
+      // Taken for UDP: try another.
+    }
+  }
+  throw new Error("no port number is free for both TCP and UDP");
 }
 
 Deno.test("udp_server.ts and udp_client.ts print their usage with --help and exit 0", async () => {
@@ -398,10 +415,10 @@ Deno.test("chat client with no server exits 1 after its retries", async () => {
 });
 
 Deno.test("chat client says so and exits 1 when the server shuts down", async () => {
-  const chat = startUdpServer();
+  await using chat = startUdpServer();
   await using client = spawnUdpClient(chat.port, ["--name", "kim"]);
   await chat.log.waitFor(/kim joined/);
-  await chat.server.stop();
+  await chat.stop();
   assertEquals((await client.status()).code, 1);
   assertEquals(client.stdout.all.at(-1), "* server shutting down");
   assertEquals(client.stderr.all, [
@@ -494,4 +511,26 @@ Deno.test("udp_server.ts --trace logs bind, recvfrom and sendto as they happen",
   const at = `127\\.0\\.0\\.1:${peer.port}`;
   await server.stdout.waitFor(new RegExp(` recvfrom ${at}: 2 bytes$`));
   await server.stdout.waitFor(new RegExp(` sendto ${at}: 2 bytes$`));
+});
+
+Deno.test("server.ts (TCP) and udp_server.ts (UDP) share one port number, and both answer", async () => {
+  const port = freeTcpAndUdpPort();
+  const here = ["--host", "127.0.0.1", "--port", String(port)];
+  await using tcp = Spawned.script("server.ts", here, { stdin: "piped" });
+  assertEquals(await bannerPort(tcp), port);
+  await using udp = Spawned.script("udp_server.ts", [
+    ...here,
+    "--service",
+    "month",
+  ]);
+  assertEquals(await bannerPort(udp), port);
+
+  await using amey = await TestClient.join(port, "amey");
+  await using karan = await TestClient.join(port, "karan");
+  await amey.send("hello over TCP");
+  assertEquals(await karan.lines.waitFor(/^</), "<amey> hello over TCP");
+  await using peer = new UdpPeer(port);
+  assertEquals(await peer.ask("3"), "3: March");
+  assertEquals(tcp.stderr.all, []);
+  assertEquals(udp.stderr.all, []);
 });

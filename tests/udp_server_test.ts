@@ -264,7 +264,7 @@ Deno.test("chat goes on after a send to a peer that has gone (ICMP port unreacha
   await using chat = startUdpServer();
   await using amey = new UdpPeer(chat.port);
   await join(amey, "amey");
-  const gone = new UdpPeer(chat.port);
+  await using gone = new UdpPeer(chat.port);
   await join(gone, "gone");
   await amey.datagrams.next(); // * gone joined
   await gone[Symbol.asyncDispose]();
@@ -334,14 +334,14 @@ Deno.test("--seed makes drops repeat exactly", async () => {
 });
 
 Deno.test("--trace logs each socket step: bind, recvfrom, sendto, close", async () => {
-  const traced = startUdpServer({ service: "echo", trace: true });
+  await using traced = startUdpServer({ service: "echo", trace: true });
   await using peer = new UdpPeer(traced.port);
   assertEquals(await peer.ask("hi"), "hi");
   const at = `127\\.0\\.0\\.1:${peer.port}`;
   assertMatch(traced.log.all[0], /^\d\d:\d\d:\d\d bind 127\.0\.0\.1:\d+$/);
   await traced.log.waitFor(new RegExp(` recvfrom ${at}: 2 bytes$`));
   await traced.log.waitFor(new RegExp(` sendto ${at}: 2 bytes$`));
-  await traced.server.stop();
+  await traced.stop();
   await traced.log.waitFor(/ close$/);
 
   await using quiet = startUdpServer({ service: "echo" });
