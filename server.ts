@@ -1048,6 +1048,7 @@ const FLAGS = {
   password: {},
   "max-line": { range: [16, 1 << 24] },
   "max-clients": { range: [1, 1_000_000] },
+  "max-per-address": { range: [1, 1_000_000] },
   "max-pending": { range: [1024, 1 << 30] },
   "rate-limit": { range: [0, 1_000_000] },
   burst: { range: [1, 1_000_000] },
@@ -1058,6 +1059,7 @@ const FLAGS = {
 const LIMIT_OPTIONS = {
   "max-line": ["maxLineBytes", 1],
   "max-clients": ["maxClients", 1],
+  "max-per-address": ["maxPerAddress", 1],
   "max-pending": ["maxPendingBytes", 1],
   "rate-limit": ["rateLimit", 1],
   burst: ["burst", 1],
@@ -1089,8 +1091,10 @@ SECURITY (see the README):
 LIMITS (the defaults never bother normal use):
       --max-line <BYTES>         Longest line a client may send (default 4096)
       --max-clients <N>          Connections at once (default 1000)
+      --max-per-address <N>      Connections at once from one address (default 64)
       --max-pending <BYTES>      Unread output before a client is dropped (default 1048576)
-      --rate-limit <N>           Chat: lines a second per client; 0 is no limit (default 20)
+      --rate-limit <N>           Lines read a second per client (chat, and before /auth);
+                                 faster senders are slowed down; 0 is no limit (default 20)
       --burst <N>                Chat: lines at once above the rate (default 40)
       --idle-timeout <SECONDS>   Disconnect clients silent this long (default: never)
 

@@ -212,7 +212,11 @@ async function startTarget(options: BenchOptions): Promise<Target> {
 }
 
 /** server.ts's defaults that a load may be above (see server.ts --help). */
-const SERVER_DEFAULTS = { maxClients: 1000, maxPendingBytes: 1024 * 1024 };
+const SERVER_DEFAULTS = {
+  maxClients: 1000,
+  maxPerAddress: 64,
+  maxPendingBytes: 1024 * 1024,
+};
 
 /**
  * Starts server.ts with its default flags, as the issue's benchmark rules
@@ -233,6 +237,13 @@ async function startSocklab(
     raised.push("--max-clients", String(clients));
     why.push(
       `${options.clients} clients are above the default client cap (${SERVER_DEFAULTS.maxClients})`,
+    );
+  }
+  // Every bench client comes from 127.0.0.1.
+  if (clients > SERVER_DEFAULTS.maxPerAddress) {
+    raised.push("--max-per-address", String(clients));
+    why.push(
+      `${options.clients} clients from one address are above the default cap for one address (${SERVER_DEFAULTS.maxPerAddress})`,
     );
   }
   const burst = burstBytes(options);
