@@ -171,7 +171,7 @@ abstract class TcpServer extends Stoppable {
   readonly finished: Promise<void>; // settles when it stops accepting
   readonly #clients = new Set<Client>();
   readonly #perAddress = new Map<string, number>(); // connections from each
-  readonly guesses = new Guesses(); // wrong passwords from each address
+  readonly guesses: Guesses; // wrong passwords from each address
   readonly #idleSweep;
   protected readonly pacesAll: boolean = true; // else only before /auth
 
@@ -180,6 +180,7 @@ abstract class TcpServer extends Stoppable {
     readonly listener: Deno.Listener,
   ) {
     super();
+    this.guesses = new Guesses(options.guessWaitMs);
     this.#idleSweep = sweepIdle(
       options.idleTimeoutMs,
       () => this.#clients,
@@ -202,13 +203,8 @@ abstract class TcpServer extends Stoppable {
     if (this.#clients.size >= maxClients) {
       return await refuse(this, client, "server full");
     }
-    if (fromHost >= maxPerAddress) {
-      return await refuse(
-        this,
-        client,
-        "too many connections from your address",
-      );
-    }
+    const tooMany = "too many connections from your address";
+    if (fromHost >= maxPerAddress) return await refuse(this, client, tooMany);
     this.#clients.add(client);
     this.#perAddress.set(host, fromHost + 1);
     client.admitTimer = setTimeout(() => {
@@ -402,10 +398,7 @@ export class ChatServer extends TcpServer {
       if (named) return;
     }
     if (input.kind === "command" && input.command === "/auth") {
-      const already = this.options.password
-        ? "you are in already"
-        : "this server needs no password";
-      return this.sendLine(client, noticeLine(already));
+      return this.sendLine(client, noticeLine("you are in already"));
     }
     this.room.handle(client, line);
   }
@@ -469,19 +462,14 @@ export class ChatServer extends TcpServer {
       }
       return this.#broadcast(messageLine(operatorName, input.text));
     }
-    switch (input.command) {
-      case "/who":
-        return print(this.room.whoLine());
-      case "/kick":
-        return this.#kick(input.rest);
-      case "/quit":
-        this.stop();
-        return;
-      case "/help":
-        return print(`* console: TEXT to send to everyone, ${commands}`);
-      default:
-        print(errorLine(`unknown command "${input.command}": try ${commands}`));
+    const { command, rest } = input;
+    if (command === "/who") return print(this.room.whoLine());
+    if (command === "/kick") return this.#kick(rest);
+    if (command === "/quit") return void this.stop();
+    if (command === "/help") {
+      return print(`* console: TEXT to send to everyone, ${commands}`);
     }
+    print(errorLine(`unknown command "${command}": try ${commands}`));
   }
 
   #kick(name: string): void {
@@ -510,6 +498,7 @@ const DEFAULTS = {
   idleTimeoutMs: 0, // silent connections are closed after this (0: never)
   maxPerAddress: 64, // connections at once from one address
   admitTimeoutMs: 30_000, // to finish TLS and /auth, or it is closed
+  guessWaitMs: 1000, // a wrong password's wait, doubled each time up to 32×
   nameWaitMs: 250, // chat: how long a new client may take to send /nick
   announceLimit: 100, // chat: joins and leaves are told up to this many
   quiet: false, // chat: keep the room's messages off the console
@@ -531,9 +520,8 @@ type TlsFiles = { cert: string; key: string };
 async function refuse(server: TcpServer, client: Client, why: string) {
   server.log(`refused ${client.address}: ${why}`);
   const line = encodeLine(server.errorText(why));
-  await Promise.race([writeAll(client.conn, line), sleep(1000)]).catch(
-    () => {},
-  );
+  const told = Promise.race([writeAll(client.conn, line), sleep(1000)]);
+  await told.catch(() => {}); // gone already
   closeQuietly(client.conn);
 }
 
@@ -596,13 +584,14 @@ function authenticate(server: TcpServer, client: Client, line: string): void {
  */
 class Guesses {
   readonly #byHost = new Map<string, { wrong: number; nextTry: number }>();
+  constructor(readonly firstWaitMs: number) {}
   wait(host: string, now = performance.now()): number {
     return Math.max(0, (this.#byHost.get(host)?.nextTry ?? 0) - now);
   }
   wrong(host: string, now = performance.now()): void {
     const wrong = (this.#byHost.get(host)?.wrong ?? 0) + 1;
     if (this.#byHost.size >= 10_000) this.#byHost.clear(); // stays bounded
-    const nextTry = now + 1000 * 2 ** Math.min(wrong - 1, 5);
+    const nextTry = now + this.firstWaitMs * 2 ** Math.min(wrong - 1, 5);
     this.#byHost.set(host, { wrong, nextTry });
   }
   forget(host: string): void {

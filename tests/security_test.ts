@@ -202,7 +202,8 @@ Deno.test("passwordMatches compares exactly", () => {
 });
 
 Deno.test("chat with a password: nothing before /auth, three wrong tries close, never logged", async (t) => {
-  await using room = startServer({ password: "open sesame" });
+  // No wait after a wrong password here: that has a test of its own.
+  await using room = startServer({ password: "open sesame", guessWaitMs: 0 });
   await using member = await TestClient.connect(room.port);
   assertEquals(
     await member.next(),
@@ -308,7 +309,10 @@ Deno.test("client.ts sends the password from SOCKLAB_PASSWORD or --password", as
 });
 
 Deno.test("inventory with a password: /auth first, then requests", async () => {
-  await using service = await startInventory({ password: "pw" });
+  await using service = await startInventory({
+    password: "pw",
+    guessWaitMs: 0,
+  });
   await using client = await TestClient.connect(service.port);
   const ask = async (line: string) => {
     await client.send(line);
