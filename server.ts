@@ -602,18 +602,13 @@ class Guesses {
 /** How long a leaving client may take to receive its last lines. */
 const FINAL_FLUSH_MS = 3000;
 
-/**
- * What a queued piece costs beyond its bytes (the objects that hold it),
- * counted against --max-pending, so many small pieces cannot hold more
- * memory than the cap says.
- */
+/** A queued piece's objects, counted with its bytes against --max-pending. */
 const PIECE_COST = 128;
 
 /**
  * Why the outbox: each client has its own, so a slow reader delays nobody
  * else, and it is capped, so such a client cannot grow the server's memory
- * without bound. What is queued in one turn of the event loop goes out in
- * one write.
+ * without bound. What a turn of the event loop queues goes in one write.
  */
 class Outbox {
   #pending: Uint8Array[] = [];
@@ -641,9 +636,7 @@ class Outbox {
   get halfFull(): boolean {
     return this.#unsent > this.maxPendingBytes / 2;
   }
-  async emptied(): Promise<void> {
-    await this.#writing;
-  }
+  emptied = async () => await this.#writing;
 
   /** Takes no more; sends what is queued (a few seconds at most), then closes. */
   async close(reason: string): Promise<void> {
@@ -664,9 +657,7 @@ class Outbox {
       const bytes = joinPieces(pieces);
       try {
         const count = await writeAll(this.conn, bytes);
-        const how = count > 1
-          ? `${count} writes, each sent a part`
-          : "all sent";
+        const how = count > 1 ? `sent in ${count} writes` : "all sent";
         this.trace?.(`write ${bytes.length} bytes to ${this.label()} (${how})`);
       } catch {
         this.#stopped = true; // gone: its receive loop says why

@@ -14,6 +14,7 @@
  * @module
  */
 
+import { lookup } from "node:dns/promises";
 import {
   addressText,
   argsOrExit,
@@ -59,46 +60,73 @@ export interface UdpClientOptions {
   help: boolean;
 }
 
+// The most a datagram holds over IPv4; a bigger one (IPv6) is cut short.
+const MAX_REPLY = 65_507;
+const TOO_BIG = errorLine(`a reply over ${MAX_REPLY} bytes came: dropped`);
+
+/** IPv6 has many spellings of an address: the shortest, as Deno gives it. */
+const shortest = (ip: string) =>
+  URL.parse(`http://[${ip}]`)?.hostname.slice(1, -1) ?? ip;
+
 /**
- * A UDP socket that talks to one server. A reply goes to the request that
- * waits for it; any other (late, duplicated, a chat line) to `onOther`.
+ * A UDP socket that talks to one server, with the client's options. A
+ * reply goes to the request that waits for it; any other (late,
+ * duplicated, a chat line) to `onOther`.
  */
 export class UdpLink {
-  /** Gets the replies that no request waits for. */
-  onOther: (reply: string) => void = () => {};
-  readonly server: Deno.NetAddr;
-  readonly target: string; // HOST:PORT of the server
+  /** Gets the replies that no request waits for: late ones, by default. */
+  onOther = (reply: string) =>
+    this.note(`ignored a late reply: "${cleanText(reply)}"`);
+  /** Pads each datagram with spaces to this size (the chat's join). */
+  padTo = 0;
+  readonly target: string; // HOST:PORT of the server, as given
   readonly #socket: Deno.DatagramConn;
+  readonly #trace: Trace;
   // The reply a request waits for, and what to do when it comes.
   #waiter?: { matches(reply: string): boolean; resolve(reply: string): void };
   #closed = false;
   readonly #decoder = new TextDecoder();
 
-  constructor(host: string, port: number, readonly trace?: Trace) {
-    this.server = { transport: "udp", hostname: host, port };
-    this.target = addressText(this.server);
+  /** Looks up the server's address (once), then creates the socket. */
+  static async open(options: UdpClientOptions, note: (text: string) => void) {
+    const { host, port } = options, family = host.includes(":") ? 6 : 4;
+    const hostname = shortest((await lookup(host, { family })).address);
+    return new UdpLink({ transport: "udp", hostname, port }, options, note);
+  }
+
+  private constructor(
+    readonly server: Deno.NetAddr, // the exact address replies come from
+    readonly options: UdpClientOptions,
+    readonly note: (text: string) => void, // retries, late replies, trace
+  ) {
+    this.target = `${options.host}:${options.port}`;
+    this.#trace = options.trace ? note : undefined;
     // Create a UDP socket and bind it to any free port (0): the kernel
     // picks one, and the server's replies come back to it.
-    const hostname = host.includes(":") ? "::" : "0.0.0.0";
+    const hostname = server.hostname.includes(":") ? "::" : "0.0.0.0";
     this.#socket = Deno.listenDatagram({ hostname, port: 0, transport: "udp" });
-    trace?.(`bind ${addressText(this.#socket.addr)}`);
+    this.#trace?.(`bind ${addressText(this.#socket.addr)}`);
     this.#receiveLoop();
   }
 
-  /** Sends one line as one datagram. */
+  /** Sends one line as one datagram (padded, if `padTo` says so). */
   async send(line: string): Promise<void> {
-    const datagram = encodeLine(line);
-    this.trace?.(`sendto ${this.target}: ${datagram.length} bytes`);
+    let datagram = encodeLine(line);
+    const padding = this.padTo - datagram.length; // counted in bytes
+    if (padding > 0) datagram = encodeLine(line + " ".repeat(padding));
+    this.#trace?.(`sendto ${this.target}: ${datagram.length} bytes`);
     // Send: one datagram to one address; it may never arrive.
     await this.#socket.send(datagram, this.server);
   }
 
   async #receiveLoop(): Promise<void> {
+    // One byte over the longest reply tells one that the kernel cut short.
+    const buffer = new Uint8Array(MAX_REPLY + 1);
     while (!this.#closed) {
       let datagram, from;
       try {
         // Receive: one whole datagram and the address it came from.
-        [datagram, from] = await this.#socket.receive();
+        [datagram, from] = await this.#socket.receive(buffer);
       } catch (error) {
         if (this.#closed) return;
         // Windows reports here an ICMP "port unreachable": the server's
@@ -106,16 +134,26 @@ export class UdpLink {
         this.onOther(errorLine(networkReason(error)));
         continue;
       }
-      this.trace?.(`recvfrom ${addressText(from)}: ${datagram.length} bytes`);
-      if ((from as Deno.NetAddr).port !== this.server.port) continue;
-      const text = this.#decoder.decode(datagram).replace(/\r?\n$/, "");
+      const { hostname, port } = from as Deno.NetAddr;
+      this.#trace?.(`recvfrom ${addressText(from)}: ${datagram.length} bytes`);
+      // Anyone can send to our port: only the server's exact address counts.
+      if (hostname !== this.server.hostname || port !== this.server.port) {
+        this.#trace?.(`ignored: ${addressText(from)} is not the server`);
+        continue;
+      }
+      const text = datagram.length > MAX_REPLY
+        ? TOO_BIG
+        : this.#decoder.decode(datagram).replace(/\r?\n$/, "");
       for (const reply of text.split(/\r\n?|\n/)) this.#dispatch(reply);
     }
   }
 
   #dispatch(reply: string): void {
     const waiter = this.#waiter;
-    if (!waiter?.matches(reply)) return this.onOther(reply);
+    // A reply cut short ends the wait too: the same would come again.
+    if (!waiter || !(reply === TOO_BIG || waiter.matches(reply))) {
+      return this.onOther(reply);
+    }
     this.#waiter = undefined; // a copy of the reply is not news either
     waiter.resolve(reply);
   }
@@ -128,13 +166,13 @@ export class UdpLink {
   async ask(
     request: string,
     matches: (reply: string) => boolean,
-    options: UdpClientOptions,
-    onRetry?: (attempt: number) => void,
   ): Promise<string | undefined> {
-    for (let attempt = 0; attempt <= options.retries; attempt++) {
-      if (attempt > 0) onRetry?.(attempt);
+    const { timeoutMs, retries } = this.options;
+    const again = `no reply in ${timeoutMs} ms, asking again`;
+    for (let attempt = 0; attempt <= retries; attempt++) {
+      if (attempt > 0) this.note(`${again} (${attempt} of ${retries})`);
       const reply = new Promise<string | undefined>((resolve) => {
-        const timer = setTimeout(() => resolve(undefined), options.timeoutMs);
+        const timer = setTimeout(() => resolve(undefined), timeoutMs);
         const answered = (line: string) => (clearTimeout(timer), resolve(line));
         this.#waiter = { matches, resolve: answered };
       });
@@ -146,24 +184,18 @@ export class UdpLink {
     return undefined;
   }
 
+  /** What to print when no reply came after the last try. */
+  get noReply(): string {
+    return `no reply from ${this.target} (UDP does not guarantee delivery)`;
+  }
+
   /** Close: the port is free again. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.trace?.("close");
+    this.#trace?.("close");
     this.#socket.close();
   }
-}
-
-/** What to print when no reply came after the last try. */
-function noReply(link: UdpLink): string {
-  return `no reply from ${link.target} (UDP does not guarantee delivery)`;
-}
-
-/** Where a client's output goes: stdout for results, notes beside. */
-interface Output {
-  console: LineConsole;
-  note: (text: string) => void; // retries, late replies, trace
 }
 
 // ---------------------------------------------------------------------------
@@ -178,59 +210,35 @@ interface Output {
 export function answersMonthQuestion(
   question: string,
 ): (reply: string) => boolean {
-  if (/^\d+$/.test(question)) {
-    const number = Number(question);
-    if (number === 0) return (reply) => reply === "bye";
-    if (number >= 1 && number <= 12) return (r) => r.startsWith(`${number}: `);
-  }
+  const number = /^\d+$/.test(question) ? Number(question) : -1;
+  if (number === 0) return (reply) => reply === "bye";
+  if (number >= 1 && number <= 12) return (r) => r.startsWith(`${number}: `);
   return (reply) => reply.startsWith("! ");
 }
 
-function askMonth(
-  link: UdpLink,
-  options: UdpClientOptions,
-  question: string,
-  { note }: Output,
-): Promise<string | undefined> {
-  const { timeoutMs: ms, retries } = options;
-  const again = (n: number) =>
-    note(`no reply in ${ms} ms, asking again (${n} of ${retries})`);
-  return link.ask(question, answersMonthQuestion(question), options, again);
-}
-
 /** One question, one answer: prints `March`, exits 0 (1 without one). */
-async function monthOnce(
-  link: UdpLink,
-  options: UdpClientOptions,
-  out: Output,
-): Promise<number> {
-  const answer = await askMonth(link, options, options.question!, out);
+async function monthOnce(link: UdpLink, out: LineConsole): Promise<number> {
+  const question = link.options.question!;
+  const answer = await link.ask(question, answersMonthQuestion(question));
   if (answer === undefined || answer.startsWith("! ")) {
-    console.error(paintError(cleanText(answer ?? noReply(link))));
+    console.error(paintError(cleanText(answer ?? link.noReply)));
     return 1;
   }
-  out.console.print(cleanText(answer.replace(/^\d+: /, "")));
+  out.print(cleanText(answer.replace(/^\d+: /, "")));
   return 0;
 }
 
 /** The lab's loop: ask for a number, show its month, until 0. */
-async function monthLoop(
-  link: UdpLink,
-  options: UdpClientOptions,
-  out: Output,
-): Promise<number> {
-  link.onOther = (reply) =>
-    out.note(`ignored a late reply: "${cleanText(reply)}"`);
-  for (let line; (line = await out.console.next()) !== undefined;) {
+async function monthLoop(link: UdpLink, out: LineConsole): Promise<number> {
+  for (let line; (line = await out.next()) !== undefined;) {
     const question = line.trim();
     if (!/^-?\d+$/.test(question)) {
-      const hint = "Please enter a whole number, like 3 (0 to quit)";
-      out.console.print(paintError(hint));
+      out.print(paintError("Please enter a whole number, like 3 (0 to quit)"));
       continue;
     }
-    const answer = await askMonth(link, options, question, out);
-    const shown = answer === undefined ? noReply(link) : cleanText(answer);
-    out.console.print(answer?.startsWith("! ") ? paintError(shown) : shown);
+    const answer = await link.ask(question, answersMonthQuestion(question));
+    const shown = answer === undefined ? link.noReply : cleanText(answer);
+    out.print(answer?.startsWith("! ") ? paintError(shown) : shown);
     if (answer === "bye") break;
   }
   return 0;
@@ -255,59 +263,47 @@ function echoSummary(target: string, sent: number, times: number[]): string[] {
 }
 
 /** Like ping: numbered datagrams, one line per echo, then a summary. */
-async function echoPing(
-  link: UdpLink,
-  options: UdpClientOptions,
-  { console: out }: Output,
-): Promise<number> {
-  const count = options.count!;
+async function echoPing(link: UdpLink, out: LineConsole): Promise<number> {
+  const { count, intervalMs, timeoutMs } = link.options;
   const sentAt = new Map<number, number>();
-  const answered = new Set<number>();
-  const roundTrips: number[] = [];
+  const roundTrips = new Map<number, number>(); // by seq, the first echo's
   const finish = () => {
-    const summary = echoSummary(link.target, sentAt.size, roundTrips);
-    summary.forEach((line) => out.print(line));
-    return roundTrips.length > 0 ? 0 : 1;
+    const times = [...roundTrips.values()];
+    echoSummary(link.target, sentAt.size, times).forEach((l) => out.print(l));
+    return times.length > 0 ? 0 : 1;
   };
   onStopSignals(() => end(finish(), out, link));
   const { promise: done, resolve: allAnswered } = Promise.withResolvers<void>();
   link.onOther = (reply) => {
+    if (reply.startsWith("! ")) return out.print(paintError(cleanText(reply)));
     const seq = Number(/^echo seq=(\d+)$/.exec(reply)?.[1]);
     const start = sentAt.get(seq);
     if (start === undefined) return;
     const time = (performance.now() - start).toFixed(3);
-    const duplicate = answered.has(seq);
-    if (!duplicate) roundTrips.push(Number(time));
-    answered.add(seq);
-    const copy = duplicate ? " (duplicate)" : "";
+    const copy = roundTrips.has(seq) ? " (duplicate)" : "";
+    if (!copy) roundTrips.set(seq, Number(time));
     out.print(`reply from ${link.target}: seq=${seq} time=${time} ms${copy}`);
-    if (answered.size === count) allAnswered();
+    if (roundTrips.size === count) allAnswered();
   };
 
-  const every = `one every ${options.intervalMs} ms`;
+  const every = `one every ${intervalMs} ms`;
   out.print(`ECHO ${link.target}: ${count} datagram(s), ${every}`);
-  for (let seq = 1; seq <= count; seq++) {
+  for (let seq = 1; seq <= count!; seq++) {
     sentAt.set(seq, performance.now());
     await link.send(`echo seq=${seq}`).catch(() => {});
-    if (seq < count) await sleep(options.intervalMs);
+    if (seq < count!) await sleep(intervalMs);
   }
   // Wait for the last replies, at most one timeout.
-  await Promise.race([done, sleep(options.timeoutMs)]);
+  await Promise.race([done, sleep(timeoutMs)]);
   return finish();
 }
 
 /** Sends each line typed or piped, and shows its echo and round trip. */
-async function echoLines(
-  link: UdpLink,
-  options: UdpClientOptions,
-  { console: out, note }: Output,
-): Promise<number> {
-  link.onOther = (reply) => note(`ignored a late reply: "${cleanText(reply)}"`);
+async function echoLines(link: UdpLink, out: LineConsole): Promise<number> {
   await out.readLines(async (line) => {
     const start = performance.now();
-    const again = (n: number) => note(`no echo yet, sending again (${n})`);
-    const echo = await link.ask(line, (echo) => echo === line, options, again);
-    if (echo === undefined) return out.print(noReply(link));
+    const echo = await link.ask(line, (echo) => echo === line);
+    if (echo !== line) return out.print(paintError(echo ?? link.noReply));
     const time = (performance.now() - start).toFixed(3);
     out.print(`${cleanText(echo)} ${paintDim(`(${time} ms)`)}`);
   });
@@ -323,12 +319,8 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const JOIN_FIRST = errorLine(SAYS.joinFirst);
 
 /** Joins, then sends what you type while printing what arrives. */
-async function chat(
-  link: UdpLink,
-  options: UdpClientOptions,
-  { console: out }: Output,
-): Promise<number> {
-  const name = options.name ??
+async function chat(link: UdpLink, out: LineConsole): Promise<number> {
+  const name = link.options.name ??
     (Deno.stdin.isTerminal() ? await askName(out) : undefined);
   let keepalivesUnanswered = 0;
   const { promise: finished, resolve: ended } = Promise.withResolvers<number>();
@@ -345,30 +337,30 @@ async function chat(
     }
   };
   const leave = async () => {
-    const bye = await link.ask("/leave", (r) => r === SAYS.bye, options)
+    const bye = await link.ask("/leave", (r) => r === SAYS.bye)
       .catch(() => undefined);
     if (bye) show(bye);
     ended(0);
   };
 
-  // Join (a guest only checks that the server answers, with /ping). What
-  // comes with the answer waits for it, so the welcome is shown first.
+  // Join. What comes with the answer waits for it: the welcome goes first.
   const early: string[] = [];
   link.onOther = (reply) => early.push(reply);
-  const joined = await join(link, options, name, out);
-  if (joined === undefined) return fail(noReply(link));
-  [joined, ...early].filter((line) => line !== SAYS.pong).forEach(show);
+  const joined = await join(link, name, out);
+  if (joined === undefined) return fail(link.noReply);
+  [joined, ...early].forEach(show);
   if (joined === JOIN_FIRST) {
     const how = `give it with --password or ${PASSWORD_VARIABLE}, and a --name`;
     return fail(`The chat needs a password: ${how}`);
   }
-  if (joined.startsWith("! ")) return 1;
+  // A join sent again, its welcome lost, is told it is in already.
+  if (/^! (?!you already joined )/.test(joined)) return 1;
   link.onOther = shown;
 
   const keepalive = setInterval(() => {
     keepalivesUnanswered++;
     link.send("/ping").catch(() => {});
-  }, options.keepaliveMs);
+  }, link.options.keepaliveMs);
   onStopSignals(leave);
   out.onInterrupt = leave;
   out.readLines(async (line) => {
@@ -382,22 +374,34 @@ async function chat(
   return code;
 }
 
-/** Sends /join (or /ping, for a guest); asks for a password if needed. */
+/**
+ * Sends /join NAME (/join: a guest), padded: the server sends an address
+ * that has not joined no more than it got. Asks for a password if needed.
+ */
 async function join(
   link: UdpLink,
-  options: UdpClientOptions,
   name: string | undefined,
   out: LineConsole,
 ): Promise<string | undefined> {
-  const answers = (reply: string) => /^\* (welcome|pong$)|^! /.test(reply);
+  const answers = (reply: string) => /^\* welcome|^! /.test(reply);
   const request = (password?: string) =>
-    !name ? "/ping" : password ? `/join ${name} ${password}` : `/join ${name}`;
-  const joined = await link.ask(request(options.password), answers, options);
-  if (joined !== JOIN_FIRST || !name || options.password) return joined;
-  const password = await out.askSecret("Password: ");
-  return password
-    ? await link.ask(request(password), answers, options)
-    : joined;
+    !name ? "/join" : password ? `/join ${name} ${password}` : `/join ${name}`;
+  const ask = (password = link.options.password) =>
+    link.ask(request(password), answers);
+  link.padTo = 1200; // the server's default --max-datagram
+  let joined = await ask();
+  // A server with a lower --max-datagram says how much it takes.
+  const most = /^! datagram too long: (\d+) bytes/.exec(joined ?? "")?.[1];
+  if (most) {
+    link.padTo = Number(most);
+    joined = await ask();
+  }
+  if (joined === JOIN_FIRST && name && !link.options.password) {
+    const password = await out.askSecret("Password: ");
+    if (password) joined = await ask(password);
+  }
+  link.padTo = 0; // joined (or not): no more padding
+  return joined;
 }
 
 const NAME_PROMPT = "Your name (Enter for a guest name): ";
@@ -504,9 +508,9 @@ function hostAndQuestion(
 }
 
 /** Closes the console and the socket, then exits with `code`. */
-function end(code: number, console: LineConsole, link: UdpLink): never {
+function end(code: number, console: LineConsole, link?: UdpLink): never {
   console.close();
-  link.close();
+  link?.close();
   Deno.exit(code);
 }
 
@@ -520,15 +524,8 @@ async function main(): Promise<void> {
   // terminal, to stderr elsewhere, so stdout stays the program's output.
   const note = (text: string) =>
     out.terminal ? out.print(paintDim(text)) : console.error(text);
-  const trace = options.trace ? note : undefined;
+  let link: UdpLink | undefined;
   out.onInterrupt = () => end(130, out, link);
-  let link: UdpLink;
-  try {
-    link = new UdpLink(options.host, options.port, trace);
-  } catch (error) {
-    console.error(`Cannot open a UDP socket: ${networkReason(error)}`);
-    Deno.exit(1);
-  }
   const run = options.service === "chat"
     ? chat
     : options.service === "echo"
@@ -536,10 +533,13 @@ async function main(): Promise<void> {
     : (options.question === undefined ? monthLoop : monthOnce);
   let code;
   try {
-    code = await run(link, options, { console: out, note });
+    link = await UdpLink.open(options, note);
+    code = await run(link, out);
   } catch (error) {
-    const reason = networkReason(error);
-    console.error(`Cannot reach "${link.target}" (UDP): ${reason}`);
+    const unknown = (error as { code?: string }).code === "ENOTFOUND";
+    const reason = unknown ? "unknown host" : networkReason(error);
+    const where = `"${options.host}:${options.port}" (UDP)`;
+    console.error(`Cannot reach ${where}: ${reason}`);
     code = 1;
   }
   end(code, out, link);

@@ -43,6 +43,7 @@ import {
 } from "./shared.ts";
 
 const SERVICES = ["chat", "month", "echo"] as const;
+const A_MESSAGE = { command: "", rest: "" }; // a chat line that is no command
 
 /** How a UDP server runs. Its defaults are the flag table's (FLAGS). */
 export interface UdpServerOptions {
@@ -56,8 +57,8 @@ export interface UdpServerOptions {
   seed?: number; // makes drops and delays the same in every run
   password?: string; // chat: peers join with /join NAME PASSWORD
   maxPeers: number; // chat: peers at once
-  rateLimit: number; // datagrams a second from each address; 0 is no limit
-  burst: number; // datagrams at once above the rate
+  rateLimit: number; // chat lines (else datagrams) a second per address; 0: none
+  burst: number; // lines (datagrams) at once above the rate
   trace: boolean; // log each socket step: bind, recvfrom, sendto, close
   print: (line: string) => void; // prints one log line
 }
@@ -85,6 +86,8 @@ export class UdpServer extends Stoppable {
   readonly #random: () => number;
   readonly #delayed = new Set<ReturnType<typeof setTimeout>>();
   readonly #sweeper?: ReturnType<typeof setInterval>;
+  // While a stranger's datagram is handled: what its replies may still use.
+  #budget?: { key: string; left: number };
 
   /** Creates the socket, binds it, and starts receiving. */
   static start(options: Partial<UdpServerOptions> = {}): UdpServer {
@@ -131,11 +134,6 @@ export class UdpServer extends Stoppable {
     return this.socket.addr as Deno.NetAddr;
   }
 
-  /** The names of the chat's peers. */
-  get names(): string[] {
-    return [...this.#room.members.values()].map((peer) => peer.name);
-  }
-
   async #receiveLoop(): Promise<void> {
     // One byte over the limit tells a datagram that is too long. Reused:
     // what outlives a turn of the loop is copied.
@@ -153,16 +151,22 @@ export class UdpServer extends Stoppable {
       }
       this.#trace?.(`recvfrom ${addressText(from)}: ${datagram.length} bytes`);
       this.#handle(datagram, from as Deno.NetAddr);
+      this.#budget = undefined; // a stranger's budget is for one datagram
     }
   }
 
   /** Checks a datagram, then hands it to the service. */
   #handle(datagram: Uint8Array, from: Deno.NetAddr): void {
     const sender = this.#sender(from), { key } = sender;
+    const { service, maxDatagram } = this.options;
+    // A chat address that has not joined may be forged: all we send back
+    // for its datagram is at most its size, so we never flood a victim.
+    const stranger = service === "chat" && !this.#peers.has(key);
+    this.#budget = stranger ? { key, left: datagram.length } : undefined;
     if (this.#lost(key) || !this.#withinRateLimit(sender)) return;
-    if (datagram.length > this.options.maxDatagram) {
+    if (datagram.length > maxDatagram) {
       this.#log(`datagram from ${key} too long`);
-      const most = `${this.options.maxDatagram} bytes at most`;
+      const most = `${maxDatagram} bytes at most`;
       return this.#error(from, `datagram too long: ${most}`);
     }
     let text;
@@ -172,14 +176,13 @@ export class UdpServer extends Stoppable {
       this.#log(`datagram from ${key} is not UTF-8 text`);
       return this.#error(from, "datagram is not valid UTF-8 text");
     }
-    switch (this.options.service) {
-      case "echo":
-        return this.#send(from, datagram.slice());
-      case "month":
-        return this.#answerMonth(sender, text);
-      case "chat":
-        // A datagram usually holds one line; each of several goes in turn.
-        for (const line of text.split(/\r\n?|\n/)) this.#chatLine(sender, line);
+    if (service === "echo") return this.#send(from, datagram.slice());
+    if (service === "month") return this.#answerMonth(sender, text);
+    // The rate limit counts lines (the datagram paid for the first).
+    const lines = text.split(/\r\n?|\n/).filter((line) => /\S/.test(line));
+    for (const [i, line] of lines.entries()) {
+      if (i > 0 && !this.#withinRateLimit(sender)) return;
+      this.#chatLine(sender, line);
     }
   }
 
@@ -203,9 +206,7 @@ export class UdpServer extends Stoppable {
     if (input.kind === "empty") return;
     const peer = this.#peers.get(key);
     if (peer) peer.lastHeard = performance.now();
-    const [command, rest] = input.kind === "command"
-      ? [input.command, input.rest]
-      : ["", ""];
+    const { command, rest } = input.kind === "command" ? input : A_MESSAGE;
     if (command === "/ping") return this.#send(from, SAYS.pong);
     // A stranger's /nick NAME joins as NAME, as /join NAME does.
     if (command === "/join" || (command === "/nick" && !peer)) {
@@ -221,16 +222,14 @@ export class UdpServer extends Stoppable {
     if (guest) this.#room.handle(guest, line);
   }
 
-  /** `/join NAME`, or `/join NAME PASSWORD` when the chat has one. */
+  /** `/join NAME` (and PASSWORD, if the chat has one); `/join` for a guest. */
   #joinAs(sender: Sender, rest: string): void {
     const { password } = this.options;
     const [name, given] = password ? splitFirstWord(rest) : [rest, ""];
-    const problem = name === ""
-      ? `usage: /join NAME${password ? " PASSWORD" : ""}`
-      : this.#room.nameProblem(name);
+    const problem = name === "" ? undefined : this.#room.nameProblem(name);
     if (problem) return this.#error(sender.address, problem);
     if (password && !this.#passwordAccepted(sender, given)) return;
-    this.#join(sender, name);
+    this.#join(sender, name || undefined);
   }
 
   /** Lets a peer into the room, as `name` or a guest, unless it is full. */
@@ -272,10 +271,9 @@ export class UdpServer extends Stoppable {
   }
 
   /** Sends a line (or bytes) as one datagram, after the --delay if any. */
-  #send(to: Deno.NetAddr, message: string | Uint8Array): void {
-    const datagram = typeof message === "string"
-      ? encodeLine(message)
-      : message;
+  #send(to: Deno.NetAddr, data: string | Uint8Array): void {
+    const datagram = typeof data === "string" ? encodeLine(data) : data;
+    if (!this.#fits(to, datagram)) return;
     const delay = this.#delayFor(to);
     if (delay === 0) return void this.#sendNow(to, datagram);
     const timer = setTimeout(() => {
@@ -304,9 +302,7 @@ export class UdpServer extends Stoppable {
     this.#delayed.forEach((timer) => clearTimeout(timer));
     const goodbye = encodeLine(SAYS.shuttingDown);
     const peers = [...this.#peers.values()];
-    await Promise.all(
-      peers.map((peer) => this.#sendNow(peer.address, goodbye)),
-    );
+    await Promise.all(peers.map((p) => this.#sendNow(p.address, goodbye)));
     // Close: release the port; the pending receive ends with an error.
     this.#trace?.("close");
     this.socket.close();
@@ -324,34 +320,37 @@ export class UdpServer extends Stoppable {
 
   /** What is known of an address: 10 000 are kept, the oldest forgotten. */
   #sender(from: Deno.NetAddr): Sender {
-    const key = addressText(from);
-    let sender = this.#senders.get(key);
+    const key = addressText(from), senders = this.#senders;
+    let sender = senders.get(key);
     if (sender) return sender;
-    if (this.#senders.size >= 10_000) {
-      this.#senders.delete(this.#senders.keys().next().value!);
-    }
+    if (senders.size >= 10_000) senders.delete(senders.keys().next().value!);
     const { rateLimit, burst } = this.options;
     const limit = rateLimit > 0 ? new RateLimit(rateLimit, burst) : undefined;
-    this.#senders.set(
-      key,
-      sender = { address: from, key, limit, asked: false },
-    );
+    sender = { address: from, key, limit, asked: false };
+    senders.set(key, sender);
     return sender;
   }
 
   /** False when the datagram is over the limit and dropped. */
   #withinRateLimit(sender: Sender): boolean {
     const verdict = sender.limit?.check() ?? "pass";
-    if (verdict === "pass") return true;
-    // UDP has no connection to close: a flood is only dropped.
-    if (verdict === "warn") {
-      this.#log(
-        `${sender.key} is over the rate limit: datagrams dropped`,
-      );
-      const most = `at most ${this.options.rateLimit} datagrams a second`;
-      this.#error(sender.address, `slow down: ${most}; the rest are dropped`);
-    }
+    // UDP has no connection to close: a flood is only dropped, told once.
+    if (verdict !== "warn") return verdict === "pass";
+    const unit = this.options.service === "chat" ? "lines" : "datagrams";
+    this.#log(`${sender.key} is over the rate limit: ${unit} dropped`);
+    const most = `at most ${this.options.rateLimit} ${unit} a second`;
+    this.#error(sender.address, `slow down: ${most}; the rest are dropped`);
     return false;
+  }
+
+  /** Charges a reply to a stranger's budget: false when it is held back. */
+  #fits(to: Deno.NetAddr, { length }: Uint8Array): boolean {
+    const budget = this.#budget;
+    if (!budget || addressText(to) !== budget.key) return true;
+    const fits = length <= budget.left;
+    if (fits) budget.left -= length;
+    else this.#trace?.(`held back ${length} bytes for ${budget.key}`);
+    return fits;
   }
 
   /** Checks a /join's password (never logged): false when refused. */
@@ -467,13 +466,14 @@ OPTIONS:
       --password <SECRET>      Chat: peers join with "/join NAME SECRET"; or set
                                SOCKLAB_PASSWORD (kept out of the process list)
       --max-peers <N>          Chat: peers at once (default 1000)
-      --rate-limit <N>         Datagrams a second per peer; 0 is no limit (default 20)
-      --burst <N>              Datagrams at once above the rate (default 40)
+      --rate-limit <N>         Chat lines (month, echo: datagrams) a second per peer;
+                               0 is no limit (default 20)
+      --burst <N>              Lines (datagrams) at once above the rate (default 40)
       --trace                  Log each socket step: bind, recvfrom, sendto, close
   -h, --help                   Show this help
 
 SERVICES:
-  chat    "/join NAME" (or any text: guest-N), then each datagram goes to everyone
+  chat    "/join NAME" (/join or any text: guest-N), then each line goes to everyone
   month   "3" gets "3: March"; "0" gets "bye"; anything else gets an error
   echo    Every datagram is sent back unchanged`;
 
@@ -517,13 +517,11 @@ export function bannerLines(server: UdpServer): string[] {
   const drops = `dropping ${Math.round(dropRate * 100)}% of datagrams`;
   const delays = `delaying replies by up to ${maxDelayMs} ms`;
   const seeded = seed === undefined ? "" : ` (seed ${seed})`;
-  const unreliable = dropRate > 0 || maxDelayMs > 0;
+  const unreliable = `Simulating an unreliable network: ${drops}, ${delays}`;
   return [
     `socklab UDP ${service} service listening on ${hostname}:${port}`,
     ...connectionHints(hostname, reach),
-    ...unreliable
-      ? [`Simulating an unreliable network: ${drops}, ${delays}${seeded}`]
-      : [],
+    ...(dropRate > 0 || maxDelayMs > 0 ? [unreliable + seeded] : []),
     "Ctrl-C stops the server.",
   ];
 }

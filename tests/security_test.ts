@@ -345,16 +345,21 @@ Deno.test("inventory with a password: /auth first, then requests", async () => {
 Deno.test("UDP chat with a password: /join NAME SECRET", async () => {
   await using chat = startUdpServer({ password: "pw" });
   await using peer = new UdpPeer(chat.port);
+  // Padded: an address that has not joined gets back no more than it sent.
+  const padded = (text: string) => text.padEnd(1200);
   assertEquals(
-    await peer.ask("hello"),
+    await peer.ask(padded("hello")),
     "! this chat needs a password: /join NAME PASSWORD",
   );
   assertEquals(
-    await peer.ask("/join amey"),
+    await peer.ask(padded("/join amey")),
     "! this chat needs a password: /join NAME PASSWORD",
   );
-  assertEquals(await peer.ask("/join amey wrong"), "! wrong password");
-  assertMatch(await peer.ask("/join amey pw"), /^\* welcome to socklab chat/);
+  assertEquals(await peer.ask(padded("/join amey wrong")), "! wrong password");
+  assertMatch(
+    await peer.ask(padded("/join amey pw")),
+    /^\* welcome to socklab chat/,
+  );
   await peer.datagrams.waitFor("* you are amey; /help lists the commands");
   assert(!chat.log.all.some((line) => / pw\b|wrong\b(?! password)/.test(line)));
 
@@ -464,9 +469,10 @@ Deno.test("UDP: a peer over the rate limit is told once and its datagrams droppe
   await using chat = startUdpServer({ maxPeers: 1 });
   await using first = new UdpPeer(chat.port);
   await using second = new UdpPeer(chat.port);
-  assertMatch(await first.ask("/join first"), /^\* welcome/);
-  assertEquals(await second.ask("/join second"), "! chat full");
-  assertEquals(await second.ask("hello"), "! chat full");
+  const padded = (text: string) => text.padEnd(1200); // room for a reply
+  assertMatch(await first.ask(padded("/join first")), /^\* welcome/);
+  assertEquals(await second.ask(padded("/join second")), "! chat full");
+  assertEquals(await second.ask(padded("hello")), "! chat full");
 });
 
 // ---------------------------------------------------------------------------

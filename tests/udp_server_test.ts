@@ -12,6 +12,12 @@ import {
 import { MONTH_ERROR, MONTH_INTRO, MONTHS } from "../udp_server.ts";
 import { startUdpServer, UdpPeer, WAIT_MS } from "./helpers.ts";
 
+/**
+ * A chat datagram padded with spaces, as udp_client.ts pads its /join: an
+ * address that has not joined gets back no more bytes than it sent.
+ */
+const padded = (text: string) => text.padEnd(1200);
+
 Deno.test("month service answers 1 to 12 with their names and 0 with bye", async () => {
   await using service = startUdpServer({ service: "month" });
   await using peer = new UdpPeer(service.port);
@@ -48,7 +54,8 @@ Deno.test("every service answers a datagram that is not UTF-8 or too long with a
     await using server = startUdpServer({ service, maxDatagram: 100 });
     await using peer = new UdpPeer(server.port);
     assertEquals(
-      await peer.ask(new Uint8Array([0x33, 0xff, 0xfe])),
+      // Big enough for the error: the chat answers a stranger with no more.
+      await peer.ask(new Uint8Array([0x33, 0xff, 0xfe, ...Array(40).fill(32)])),
       "! datagram is not valid UTF-8 text",
       service,
     );
@@ -85,7 +92,7 @@ const WELCOME =
 
 /** Sends /join NAME and takes the room's three welcome lines. */
 async function join(peer: UdpPeer, name: string): Promise<string[]> {
-  await peer.send(`/join ${name}`);
+  await peer.send(padded(`/join ${name}`));
   return [
     await peer.datagrams.next(),
     await peer.datagrams.next(),
@@ -138,13 +145,13 @@ Deno.test("chat hands each line of a datagram to the room: /msg and /me work ove
   );
 });
 
-Deno.test("chat joins a peer that sends text without /join as guest-N, so nc -u works", async () => {
+Deno.test("chat joins a peer that sends text without /join as guest-N", async () => {
   await using chat = startUdpServer();
   await using amey = new UdpPeer(chat.port);
   await join(amey, "amey");
   await using stranger = new UdpPeer(chat.port);
 
-  await stranger.send("hi all\n");
+  await stranger.send(padded("hi all"));
   assertEquals(await stranger.datagrams.next(), WELCOME);
   assertEquals(await stranger.datagrams.next(), "* online: amey");
   assertEquals(
@@ -162,7 +169,7 @@ Deno.test("chat joins a stranger whose first datagram is /nick NAME under that n
   await using amey = new UdpPeer(chat.port);
   await join(amey, "amey");
   await using karan = new UdpPeer(chat.port);
-  assertEquals(await karan.ask("/nick karan"), WELCOME);
+  assertEquals(await karan.ask(padded("/nick karan")), WELCOME);
   await karan.datagrams.waitFor("* you are karan; /help lists the commands");
   assertEquals(await amey.datagrams.next(), "* karan joined");
 });
@@ -173,18 +180,17 @@ Deno.test("chat names follow the TCP chat's rules", async () => {
   await using other = new UdpPeer(chat.port);
   await join(amey, "AMEY");
 
-  assertEquals(await other.ask("/join amey"), '! name "amey" is taken');
+  assertEquals(await other.ask(padded("/join amey")), '! name "amey" is taken');
   assertEquals(
-    await other.ask("/join bad name"),
+    await other.ask(padded("/join bad name")),
     '! name "bad name" is not valid: use letters, digits, "-", "_" or "."',
   );
   assertEquals(
-    await other.ask("/join " + "n".repeat(25)),
+    await other.ask(padded("/join " + "n".repeat(25))),
     `! name "${"n".repeat(24)}..." is too long (24 characters at most)`,
   );
-  assertEquals(await other.ask("/join"), "! usage: /join NAME");
   assertEquals(await other.ask("/leave"), "* bye", "leaving before joining");
-  assertEquals(await other.ask("/ping"), "* pong");
+  assertEquals(await other.ask(padded("/ping")), "* pong");
   assertEquals(
     await amey.ask("/who"),
     "* online (1): AMEY",
@@ -207,9 +213,10 @@ Deno.test("chat with a password: /join NAME PASSWORD, and text before it is refu
   await using chat = startUdpServer({ password: "secret" });
   await using peer = new UdpPeer(chat.port);
   const joinFirst = "! this chat needs a password: /join NAME PASSWORD";
-  assertEquals(await peer.ask("hello"), joinFirst);
-  assertEquals(await peer.ask("/join amey"), joinFirst);
-  assertEquals(await peer.ask("/join amey wrong"), "! wrong password");
+  assertEquals(await peer.ask(padded("hello")), joinFirst);
+  assertEquals(await peer.ask(padded("/join")), joinFirst);
+  assertEquals(await peer.ask(padded("/join amey")), joinFirst);
+  assertEquals(await peer.ask(padded("/join amey wrong")), "! wrong password");
   await chat.log.waitFor(/127\.0\.0\.1:\d+ sent a wrong password$/);
   assertEquals((await join(peer, "amey secret"))[0], WELCOME);
   assert(!chat.log.all.some((line) => line.includes("secret")));
@@ -272,7 +279,7 @@ Deno.test("chat goes on after a send to a peer that has gone (ICMP port unreacha
   for (let i = 0; i < 3; i++) await amey.send(`anyone there? ${i}`);
   assertEquals(await amey.ask("/ping"), "* pong");
   await using late = new UdpPeer(chat.port);
-  assertMatch(await late.ask("/join late"), /^\* welcome/);
+  assertMatch(await late.ask(padded("/join late")), /^\* welcome/);
 });
 
 Deno.test("--drop drops incoming datagrams and logs each drop", async () => {
