@@ -1014,7 +1014,10 @@ class DataFile {
 
 // --- The program: flags, usage, banner, main --------------------------------
 
-const FLAGS = {
+/** A flag; a limit flag also names the option it sets, and its unit (ms). */
+type ServerFlag = FlagRow & { option?: keyof ServerOptions; unit?: number };
+
+const FLAGS: Record<string, ServerFlag> = {
   port: { short: "p", port: true, default: String(DEFAULT_PORT) },
   host: { default: "0.0.0.0" },
   name: { short: "n", default: "server" },
@@ -1026,25 +1029,14 @@ const FLAGS = {
   "tls-cert": {},
   "tls-key": {},
   password: {},
-  "max-line": { range: [16, 1 << 24] },
-  "max-clients": { range: [1, 1_000_000] },
-  "max-per-address": { range: [1, 1_000_000] },
-  "max-pending": { range: [1024, 1 << 30] },
-  "rate-limit": { range: [0, 1_000_000] },
-  burst: { range: [1, 1_000_000] },
-  "idle-timeout": { range: [0, 86_400] },
-} satisfies Record<string, FlagRow>;
-
-/** The limit flags: the option each sets, and its unit (seconds become ms). */
-const LIMIT_OPTIONS = {
-  "max-line": ["maxLineBytes", 1],
-  "max-clients": ["maxClients", 1],
-  "max-per-address": ["maxPerAddress", 1],
-  "max-pending": ["maxPendingBytes", 1],
-  "rate-limit": ["rateLimit", 1],
-  burst: ["burst", 1],
-  "idle-timeout": ["idleTimeoutMs", 1000],
-} as const;
+  "max-line": { range: [16, 1 << 24], option: "maxLineBytes" },
+  "max-clients": { range: [1, 1_000_000], option: "maxClients" },
+  "max-per-address": { range: [1, 1_000_000], option: "maxPerAddress" },
+  "max-pending": { range: [1024, 1 << 30], option: "maxPendingBytes" },
+  "rate-limit": { range: [0, 1_000_000], option: "rateLimit" },
+  burst: { range: [1, 1_000_000], option: "burst" },
+  "idle-timeout": { range: [0, 86_400], option: "idleTimeoutMs", unit: 1000 },
+};
 
 const USAGE = `socklab TCP chat server
 
@@ -1062,13 +1054,11 @@ OPTIONS:
       --data <FILE>   Inventory: keep the stock in FILE, saved after every change
   -h, --help          Show this help
 
-SECURITY (see the README):
+SECURITY AND LIMITS (see the README; the default limits never bother normal use):
       --tls-cert <FILE>          Speak TLS, with this certificate (PEM)
       --tls-key <FILE>           ... and its private key (PEM)
       --password <SECRET>        Clients must send "/auth SECRET" first; or set
                                  SOCKLAB_PASSWORD, which stays out of the process list
-
-LIMITS (the defaults never bother normal use):
       --max-line <BYTES>         Longest line a client may send (default 4096)
       --max-clients <N>          Connections at once (default 1000)
       --max-per-address <N>      Connections at once from one address (default 64)
@@ -1078,34 +1068,30 @@ LIMITS (the defaults never bother normal use):
       --burst <N>                Chat: lines at once above the rate (default 40)
       --idle-timeout <SECONDS>   Disconnect clients silent this long (default: never)
 
-CONSOLE (what you type into the server):
-  TEXT                Send TEXT to every client, as <NAME> TEXT
-  /who                List who is online
-  /kick NAME          Disconnect NAME
-  /quit               Tell every client and stop (Ctrl-C does the same)`;
+At the server's console, TEXT goes to every client as <NAME> TEXT; /who lists
+who is online, /kick NAME disconnects NAME, /quit tells all and stops (as Ctrl-C).`;
 
 /** Reads the server's flags. @throws {UsageError} for a bad flag */
 export function parseServerArgs(args: string[]) {
   const flags = parseFlags(args, FLAGS, 0);
-  const service = flags.service as "chat" | "inventory";
-  const dataFile = flags.data as string | undefined;
-  if (dataFile !== undefined && service !== "inventory") {
+  const { data: dataFile, "tls-cert": certFile, "tls-key": keyFile } =
+    flags as Record<string, string | undefined>;
+  if (dataFile !== undefined && flags.service !== "inventory") {
     throw new UsageError("--data goes with --service inventory");
   }
   if (dataFile === "") throw new UsageError("--data needs a file name");
-  const certFile = flags["tls-cert"] as string | undefined;
-  const keyFile = flags["tls-key"] as string | undefined;
   if ((certFile === undefined) !== (keyFile === undefined)) {
     throw new UsageError("--tls-cert and --tls-key go together");
   }
-  const limits: Partial<ServerOptions> = {};
-  for (const [flag, [option, unit]] of Object.entries(LIMIT_OPTIONS)) {
+  // Only the limits given: the others keep the server's defaults.
+  const limits: Record<string, number> = {};
+  for (const [flag, { option, unit = 1 }] of Object.entries(FLAGS)) {
     const value = flags[flag] as number | undefined;
-    if (value !== undefined) limits[option] = value * unit;
+    if (option && value !== undefined) limits[option] = value * unit;
   }
   return {
-    help: flags.help as boolean,
-    service,
+    help: flags.help,
+    service: flags.service as "chat" | "inventory",
     port: flags.port as number,
     host: flags.host as string,
     operatorName: nameFlag(flags.name),
@@ -1115,7 +1101,7 @@ export function parseServerArgs(args: string[]) {
     tlsFiles: certFile && keyFile ? { certFile, keyFile } : undefined,
     password: passwordFrom(flags.password),
     tracing: flags.trace === true,
-    ...limits,
+    ...limits as Partial<ServerOptions>,
   };
 }
 
@@ -1124,6 +1110,7 @@ export function bannerLines(server: ChatServer | InventoryServer): string[] {
   const { hostname, port } = server.addr;
   const { iterative, tls, password, operatorName, dataFile } = server.options;
   const inventory = server instanceof InventoryServer;
+  // The client's flags: only those that differ from its defaults.
   const flags = (port === DEFAULT_PORT ? "" : ` --port ${port}`) +
     (inventory ? " --service inventory" : "") +
     (tls ? " --tls --ca CERT.pem" : "");
@@ -1172,16 +1159,13 @@ async function main(): Promise<void> {
     { cert: readOrExit(tlsFiles.certFile), key: readOrExit(tlsFiles.keyFile) };
   let server;
   try {
-    const full = { ...options, tls, print, trace };
-    server = options.service === "chat"
-      ? ChatServer.start(full)
-      : await InventoryServer.start(full);
+    // Both services start the same way; the chat's start is not async.
+    const Service = options.service === "chat" ? ChatServer : InventoryServer;
+    server = await Service.start({ ...options, tls, print, trace });
   } catch (error) {
     const where = `"${options.host}:${options.port}"`;
-    const cannotListen = `Cannot listen on ${where}: ${networkReason(error)}`;
-    console.error(
-      error instanceof DataFileError ? error.message : cannotListen,
-    );
+    if (error instanceof DataFileError) console.error(error.message);
+    else console.error(`Cannot listen on ${where}: ${networkReason(error)}`);
     Deno.exit(1);
   }
   // Ready for Ctrl-C before the banner tells anyone the server is up.
@@ -1192,10 +1176,9 @@ async function main(): Promise<void> {
   bannerLines(server).forEach(print);
   if (server instanceof ChatServer) {
     // The operator types into the console; when input ends, the server goes on.
-    const chat = server;
     const ended = "console input ended; the server goes on";
-    terminal.readLines((line) => chat.operatorSays(line))
-      .then(() => chat.stopping || print(logLine(ended)));
+    terminal.readLines((line) => server.operatorSays(line))
+      .then(() => server.stopping || print(logLine(ended)));
   }
   await server.finished;
   await server.stop();
