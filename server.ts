@@ -610,7 +610,7 @@ const PIECE_COST = 128;
  * else, and it is capped, so such a client cannot grow the server's memory
  * without bound. What a turn of the event loop queues goes in one write.
  */
-class Outbox {
+export class Outbox {
   #pending: Uint8Array[] = [];
   #unsent = 0; // what is queued or being written, with PIECE_COST each
   #writing?: Promise<void>;

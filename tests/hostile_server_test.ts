@@ -5,8 +5,10 @@
  */
 
 import { assert, assertEquals } from "@std/assert";
+import { Outbox } from "../server.ts";
 import {
   makeCertificate,
+  Spawned,
   startServer,
   TestClient,
   WAIT_MS,
@@ -233,4 +235,35 @@ Deno.test("guessing: after a wrong password, its address waits before the next t
   } finally {
     for (const client of others) await client[Symbol.asyncDispose]();
   }
+});
+
+Deno.test("the output cap counts each queued piece's objects, not only its bytes", () => {
+  // A client that reads nothing: its socket takes no write.
+  const stalled = { write: () => new Promise<number>(() => {}) };
+  const outbox = new Outbox(
+    stalled as unknown as Deno.Conn,
+    10_000,
+    () => "x",
+    undefined,
+  );
+  let taken = 0;
+  while (taken < 1000 && outbox.send(new Uint8Array(10))) taken++;
+  // 10 bytes and 128 for the piece: 72 fit in 10,000; bytes alone, 1000.
+  assertEquals(taken, 72);
+});
+
+Deno.test("piped input loses no line at the default limits: seq 1 100 | client.ts --name bot", async () => {
+  await using room = startServer();
+  await using watcher = await TestClient.join(room.port, "watcher");
+  await using bot = Spawned.script(
+    "client.ts",
+    ["127.0.0.1", "--port", String(room.port), "--name", "bot"],
+    { stdin: "piped" },
+  );
+  for (let i = 1; i <= 100; i++) await bot.type(String(i));
+  await bot.endInput();
+  for (let i = 1; i <= 100; i++) {
+    assertEquals(await watcher.lines.waitFor(/^<bot>/), `<bot> ${i}`);
+  }
+  assertEquals((await bot.status()).code, 0);
 });
