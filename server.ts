@@ -699,110 +699,92 @@ type InventoryRequest = Change | { action: "view" } | { action: "help" };
 /** A request that cannot be served, with the reason for the client. */
 class BadRequest extends Error {}
 
+/** Refuses the request unless `condition` holds (TypeScript then knows it). */
+function check(condition: unknown, problem: string): asserts condition {
+  if (!condition) throw new BadRequest(problem);
+}
+
 /**
  * A request is a JSON object, or the same as words for nc users (`add
- * Green Tea 5`), else a BadRequest. Why JSON, not pickle: JSON is data
- * only, never run.
+ * Green Tea 5`): both give the same fields, checked here once. Why JSON,
+ * not pickle: JSON is data only, never run.
  */
 function parseRequest(line: string): InventoryRequest {
   const text = line.trim();
-  if (!/^[[{"\d-]|^(true|false|null)$/.test(text)) return fromWords(text);
+  const json = /^[[{"\d-]|^(true|false|null)$/.test(text);
+  const { action, item, quantity } = json ? fromJson(text) : fromWords(text);
+  const { actions, maxItemLength: longest, maxQuantity: most } = INVENTORY;
+  check(action !== undefined, 'missing "action"');
+  check(typeof action === "string", '"action" must be a string');
+  if (action === "view" || action === "help") return { action };
+  const shown = action.length > 20 ? action.slice(0, 20) + "..." : action;
+  const unknown = `unknown action "${shown}": use ${actions.join(", ")}`;
+  check(action === "add" || action === "remove", unknown);
+  check(item !== undefined, 'missing "item"');
+  check(quantity !== undefined, 'missing "quantity"');
+  check(typeof item === "string", '"item" must be a string');
+  const name = item.trim();
+  check(name !== "", "an item name cannot be empty");
+  const visible = /[^\p{Cf}\p{Z}]/u.test(name); // not zero-width alone
+  check(visible, "an item name needs a visible character");
+  const short = [...name].length <= longest; // in characters, not UTF-16
+  check(short, `an item name is ${longest} characters at most`);
+  const clean = cleanText(name) === name;
+  check(clean, "an item name cannot hold control characters");
+  const whole = typeof quantity === "number" && Number.isInteger(quantity);
+  const range = `the quantity must be a whole number from 1 to ${most}`;
+  check(whole && quantity >= 1 && quantity <= most, range);
+  return { action, item: name, quantity };
+}
+
+/** A JSON request's fields, if it is a JSON object. */
+function fromJson(text: string): Record<string, unknown> {
   let value;
   try {
     value = JSON.parse(text);
   } catch (error) {
     throw new BadRequest(`malformed JSON: ${(error as Error).message}`);
   }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new BadRequest(
-      'a request must be a JSON object, like {"action":"view"}',
-    );
-  }
-  const { action, item, quantity } = value;
-  if (action === undefined) throw new BadRequest('missing "action"');
-  if (typeof action !== "string") {
-    throw new BadRequest('"action" must be a string');
-  }
-  if (action === "view" || action === "help") return { action };
-  if (action !== "add" && action !== "remove") throw unknownAction(action);
-  if (item === undefined) throw new BadRequest('missing "item"');
-  if (quantity === undefined) throw new BadRequest('missing "quantity"');
-  return { action, item: checkItem(item), quantity: checkQuantity(quantity) };
+  const object = !!value && typeof value === "object" && !Array.isArray(value);
+  check(object, 'a request must be a JSON object, like {"action":"view"}');
+  return value;
 }
 
-function fromWords(text: string): InventoryRequest {
+/** `add Green Tea 5` as the fields of the same request in JSON. */
+function fromWords(text: string): Record<string, unknown> {
   const words = text.split(/\s+/);
-  const action = words[0].toLowerCase();
-  if (action === "view" || action === "help") return { action };
-  if (action !== "add" && action !== "remove") throw unknownAction(words[0]);
-  if (words.length < 3) throw new BadRequest(`usage: ${action} ITEM QUANTITY`);
-  const quantity = /^\d+$/.test(words.at(-1)!) ? Number(words.at(-1)) : NaN;
-  const item = checkItem(words.slice(1, -1).join(" "));
-  return { action, item, quantity: checkQuantity(quantity) };
-}
-
-function unknownAction(action: string): BadRequest {
-  const shown = action.length > 20 ? action.slice(0, 20) + "..." : action;
-  const actions = INVENTORY.actions.join(", ");
-  return new BadRequest(`unknown action "${shown}": use ${actions}`);
-}
-
-function checkItem(item: unknown): string {
-  if (typeof item !== "string") throw new BadRequest('"item" must be a string');
-  const name = item.trim();
-  const max = INVENTORY.maxItemLength;
-  if (name === "") throw new BadRequest("an item name cannot be empty");
-  if (/^[\p{Cf}\p{Z}]+$/u.test(name)) { // zero-width, invisible
-    throw new BadRequest("an item name needs a visible character");
-  }
-  if ([...name].length > max) {
-    throw new BadRequest(`an item name is ${max} characters at most`);
-  }
-  if (cleanText(name) !== name) {
-    throw new BadRequest("an item name cannot hold control characters");
-  }
-  return name;
-}
-
-function checkQuantity(quantity: unknown): number {
-  const max = INVENTORY.maxQuantity;
-  if (Number.isInteger(quantity) && +quantity! >= 1 && +quantity! <= max) {
-    return quantity as number;
-  }
-  throw new BadRequest(`the quantity must be a whole number from 1 to ${max}`);
+  const lower = words[0].toLowerCase(); // words are not case-sensitive
+  const action = INVENTORY.actions.includes(lower) ? lower : words[0];
+  const change = action === "add" || action === "remove";
+  check(!change || words.length >= 3, `usage: ${action} ITEM QUANTITY`);
+  const last = words.at(-1)!;
+  const quantity = /^\d+$/.test(last) ? Number(last) : NaN;
+  return { action, item: words.slice(1, -1).join(" "), quantity };
 }
 
 /** The most items the stock holds: each reply carries the whole stock. */
 const MAX_ITEMS = 1000;
 
-/** A change waiting for the save that makes it done. */
-type Queued = {
-  address: string;
-  change: Change;
-  done: PromiseWithResolvers<InventoryReply>;
-};
+/** A change, the address it came from, and its reply once it is saved. */
+type Queued = [Change, string, PromiseWithResolvers<InventoryReply>];
 
 /** A running inventory server: the same sockets, another protocol. */
 export class InventoryServer extends TcpServer {
   protected override readonly pacesAll = false; // a request waits its save
-  #stock: Map<string, number>; // as on disk: a change shows once saved
+  #stock = new Map<string, number>(); // as on disk: shows a change once saved
+  #dataFile?: DataFile;
   #queued: Queued[] = []; // changes for the next save
   #committing?: Promise<void>;
 
   /** Takes the data file, if any (or throws a DataFileError); listens. */
   static async start(options: Partial<ServerOptions> = {}) {
     const full = { ...DEFAULTS, ...options };
-    const file = full.dataFile ? await DataFile.open(full.dataFile) : undefined;
-    return new InventoryServer(full, listen(full), file);
-  }
-
-  private constructor(
-    options: ServerOptions,
-    listener: Deno.Listener,
-    readonly dataFile?: DataFile,
-  ) {
-    super(options, listener);
-    this.#stock = new Map(Object.entries(dataFile?.stock ?? {}));
+    const path = full.dataFile;
+    const [file, stock] = path ? await DataFile.open(path) : [];
+    const server = new InventoryServer(full, listen(full));
+    server.#dataFile = file;
+    server.#stock = new Map(Object.entries(stock ?? {}));
+    return server;
   }
 
   /** The stock as a plain object, for JSON. */
@@ -819,32 +801,26 @@ export class InventoryServer extends TcpServer {
   /** Answers one request line with one JSON line, once a change is saved. */
   protected async handleLine(client: Client, line: string): Promise<void> {
     if (line.trim() === "") return;
-    let reply: InventoryReply;
     try {
-      reply = await this.#answer(client.address, line.trim());
+      const reply = await this.#answer(client.address, line.trim());
+      this.sendLine(client, JSON.stringify(reply));
     } catch (error) {
       if (!(error instanceof BadRequest)) throw error;
-      reply = failure(error.message);
+      this.sendError(client, error.message);
     }
-    this.sendLine(client, JSON.stringify(reply));
   }
 
-  #answer(address: string, line: string): Promise<InventoryReply> {
-    const answer = (reply: InventoryReply) => Promise.resolve(reply);
+  async #answer(address: string, line: string): Promise<InventoryReply> {
     if (/^\/auth\b/i.test(line)) {
-      return answer({ ok: true, message: "authenticated already" });
+      return { ok: true, message: "authenticated already" };
     }
     const request = parseRequest(line);
-    if (request.action === "help") {
-      return answer({ ok: true, message: INVENTORY.help });
-    }
-    if (request.action === "view") {
-      return answer({ ok: true, inventory: this.stock });
-    }
+    if (request.action === "help") return { ok: true, message: INVENTORY.help };
+    if (request.action === "view") return { ok: true, inventory: this.stock };
     const done = Promise.withResolvers<InventoryReply>();
-    this.#queued.push({ address, change: request, done });
+    this.#queued.push([request, address, done]);
     this.#committing ??= this.#commitQueued();
-    return done.promise;
+    return await done.promise; // once it is saved, or refused
   }
 
   // The changes queued meanwhile are applied to a copy of the stock and
@@ -852,20 +828,19 @@ export class InventoryServer extends TcpServer {
   // failed save changes nothing, so memory and file always agree.
   async #commitQueued(): Promise<void> {
     while (this.#queued.length > 0) {
-      const batch = this.#queued;
-      this.#queued = [];
+      const batch = this.#queued.splice(0); // all queued so far
       const next = new Map(this.#stock);
-      const replies = batch.map(({ change }) => applyChange(next, change));
-      const problem = await this.dataFile?.save(Object.fromEntries(next));
+      const replies = batch.map(([change]) => applyChange(next, change));
+      const inventory = Object.fromEntries(next);
+      const problem = await this.#dataFile?.save(inventory);
       if (problem) this.log(`cannot save: ${problem}`);
       else this.#stock = next;
-      batch.forEach(({ address, done }, i) => {
+      const unsaved = failure(`cannot save the inventory: ${problem}`);
+      batch.forEach(([, address, done], i) => {
         if (!replies[i].ok) return done.resolve(replies[i]);
-        if (problem) {
-          return done.resolve(failure(`cannot save the inventory: ${problem}`));
-        }
+        if (problem) return done.resolve(unsaved);
         this.log(`${address}: ${replies[i].message}`);
-        done.resolve({ ...replies[i], inventory: this.stock });
+        done.resolve({ ...replies[i], inventory });
       });
     }
     this.#committing = undefined;
@@ -880,16 +855,15 @@ export class InventoryServer extends TcpServer {
 
   protected override async beforeShutdown(): Promise<void> {
     await this.#committing;
-    this.dataFile?.close();
+    this.#dataFile?.lock.close(); // lets the lock go
   }
 }
 
-/** Adds or removes in `stock`, or says why not: a request is whole or nothing. */
+/** Adds or removes in `stock`, or says why not: all of a change, or none. */
 function applyChange(
   stock: Map<string, number>,
-  change: Change,
+  { action, item, quantity }: Change,
 ): InventoryReply {
-  const { action, item, quantity } = change;
   const before = stock.get(item) ?? 0;
   const after = action === "add" ? before + quantity : before - quantity;
   const most = Number.MAX_SAFE_INTEGER;
@@ -904,12 +878,9 @@ function applyChange(
   // An item that reaches 0 leaves the stock.
   if (after === 0) stock.delete(item);
   else stock.set(item, after);
-  return {
-    ok: true,
-    message: action === "add"
-      ? `Added ${quantity} ${item}(s) to the inventory.`
-      : `Removed ${quantity} ${item}(s) from the inventory.`,
-  };
+  const [verb, to] = action === "add" ? ["Added", "to"] : ["Removed", "from"];
+  const message = `${verb} ${quantity} ${item}(s) ${to} the inventory.`;
+  return { ok: true, message };
 }
 
 function failure(error: string): InventoryReply {
@@ -923,31 +894,28 @@ export class DataFileError extends Error {}
 
 /** Reads the stock (a missing file is an empty one), or a DataFileError. */
 async function loadStock(path: string): Promise<Stock> {
+  const corrupt = (why: string) =>
+    new DataFileError(
+      `Cannot load "${path}": ${cleanText(why)}. The file was left as it is.`,
+    );
   let data;
   try {
     data = JSON.parse(await Deno.readTextFile(path));
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return {};
-    if (!(error instanceof SyntaxError)) {
-      throw new DataFileError(`Cannot read "${path}": ${fileReason(error)}`);
+    if (error instanceof SyntaxError) {
+      throw corrupt(`not valid JSON (${error.message})`);
     }
-    throw corrupt(path, `not valid JSON (${error.message})`);
+    throw new DataFileError(`Cannot read "${path}": ${fileReason(error)}`);
   }
-  if (typeof data !== "object" || data === null || Array.isArray(data)) {
-    throw corrupt(path, 'not a JSON object like {"Soap": 200}');
-  }
+  const object = !!data && typeof data === "object" && !Array.isArray(data);
+  if (!object) throw corrupt('not a JSON object like {"Soap": 200}');
   for (const [item, quantity] of Object.entries(data)) {
     if (Number.isSafeInteger(quantity) && (quantity as number) >= 1) continue;
     const has = `${JSON.stringify(item)} has ${JSON.stringify(quantity)}`;
-    throw corrupt(path, `${has}, not a whole number of 1 or more`);
+    throw corrupt(`${has}, not a whole number of 1 or more`);
   }
   return data;
-}
-
-function corrupt(path: string, why: string): DataFileError {
-  return new DataFileError(
-    `Cannot load "${path}": ${cleanText(why)}. The file was left as it is.`,
-  );
 }
 
 function fileReason(error: unknown): string {
@@ -965,25 +933,20 @@ function fileReason(error: unknown): string {
  * one: a rename is atomic, so the file is always the old stock or the new.
  */
 class DataFile {
-  private constructor(
-    readonly path: string,
-    readonly stock: Stock, // as the file held it at start
-    readonly lock: Deno.FsFile,
-  ) {}
+  private constructor(readonly path: string, readonly lock: Deno.FsFile) {}
 
-  /** Takes the file for this server, and reads it; or a DataFileError. */
-  static async open(path: string): Promise<DataFile> {
+  /** Takes the file for this server, and its stock; or a DataFileError. */
+  static async open(path: string): Promise<[DataFile, Stock]> {
     const cannot = (why: string) =>
       new DataFileError(`Cannot use "${path}": ${why}`);
     const lock = await Deno.open(`${path}.lock`, { write: true, create: true })
       .catch((error) => Promise.reject(cannot(fileReason(error))));
-    if (!await lock.tryLock(true)) {
-      lock.close();
-      throw cannot(`another server is using it (it holds "${path}.lock")`);
-    }
     try {
+      if (!await lock.tryLock(true)) {
+        throw cannot(`another server is using it (it holds "${path}.lock")`);
+      }
       await Deno.remove(`${path}.tmp`).catch(() => {}); // a killed save's
-      return new DataFile(path, await loadStock(path), lock);
+      return [new DataFile(path, lock), await loadStock(path)];
     } catch (error) {
       lock.close();
       throw error;
@@ -994,10 +957,8 @@ class DataFile {
   async save(stock: Stock): Promise<string | undefined> {
     const temporary = `${this.path}.tmp`;
     try {
-      await Deno.writeTextFile(
-        temporary,
-        JSON.stringify(stock, null, 2) + "\n",
-      );
+      const text = JSON.stringify(stock, null, 2) + "\n";
+      await Deno.writeTextFile(temporary, text);
       using file = await Deno.open(temporary, { write: true });
       await file.sync(); // on the disk, not just in the kernel's cache
       await Deno.rename(temporary, this.path);
@@ -1005,10 +966,6 @@ class DataFile {
       await Deno.remove(temporary).catch(() => {});
       return fileReason(error);
     }
-  }
-
-  close(): void {
-    this.lock.close(); // lets the lock go
   }
 }
 
