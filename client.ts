@@ -39,14 +39,14 @@ import {
   UsageError,
   writeAll,
 } from "./shared.ts";
-import type { FlagRow, Frame, InventoryReply, Stock, Trace } from "./shared.ts";
+import type { FlagRow, Frame, Trace } from "./shared.ts";
 
-/** The services of server.ts this client speaks. */
-const TCP_SERVICES = ["chat", "inventory"] as const;
-/** How long a silent server is waited for before telling why it may be. */
-const NO_WELCOME_HINT_MS = 1500;
-/** How long to wait for the server to close after we asked to leave. */
-const LEAVE_TIMEOUT_MS = 3000;
+const NO_WELCOME_HINT_MS = 1500; // then a silent server is told why it may be
+const LEAVE_TIMEOUT_MS = 3000; // how long Ctrl-C waits for the server's "* bye"
+/** A TLS record's start (type 20-23, version 3.x): no text line has it. */
+const looksLikeTls = (bytes: Uint8Array) =>
+  bytes[0] >= 20 && bytes[0] <= 23 && bytes[1] === 3 && bytes[2] <= 4;
+const MAY_BE_TLS = "the server may speak TLS: try --tls";
 
 // Step 1: create a socket and connect it to the server -----------------------
 
@@ -59,12 +59,11 @@ export async function connect(
 ): Promise<Deno.Conn> {
   let conn;
   try {
-    if (!tls) conn = await Deno.connect({ hostname: host, port });
-    else {
-      conn = await Deno.connectTls({ hostname: host, port, ...tls });
-      // The handshake checks the certificate now, not at the first read.
-      await conn.handshake();
-    }
+    conn = tls
+      ? await Deno.connectTls({ hostname: host, port, ...tls })
+      : await Deno.connect({ hostname: host, port });
+    // TLS: the handshake checks the certificate now, not at the first read.
+    if ("handshake" in conn) await conn.handshake();
   } catch (error) {
     conn?.close();
     const reason = tlsReason(error) ?? networkReason(error);
@@ -79,6 +78,11 @@ export async function connect(
 
 /** A connected socket carrying lines; `target` names it in messages. */
 class LineConnection {
+  // A TLS server answers our first line, plain text, with a TLS alert, or
+  // closes or resets the connection without a word: what these catch.
+  sent = 0;
+  #heard = false;
+
   constructor(
     readonly conn: Deno.Conn,
     readonly target: string,
@@ -89,7 +93,9 @@ class LineConnection {
   /** Send: one line, every byte of it (a write may take only a part). */
   async send(line: string): Promise<void> {
     const bytes = encodeLine(line);
-    const writes = await writeAll(this.conn, bytes).catch(this.#lost);
+    const writes = await writeAll(this.conn, bytes).catch(() => 0);
+    if (!writes) return; // the server has gone: the next read says why
+    this.sent += bytes.length;
     const how = writes === 1 ? "all sent" : `in ${writes} writes`;
     this.trace?.(`write ${bytes.length} bytes to ${this.#peer} (${how})`);
   }
@@ -108,9 +114,12 @@ class LineConnection {
       const whole = `${lines.length} whole ${lineWord}`;
       const kept = `${framer.keptBytes} bytes kept for the next read`;
       this.trace?.(`read ${count} bytes from ${this.#peer}: ${whole}, ${kept}`);
+      if (!this.#heard && looksLikeTls(buffer)) throw this.#maybeTls();
+      this.#heard = true;
       yield* lines;
     }
     this.trace?.(`read end of stream from ${this.#peer}: the server closed`);
+    if (!this.#heard && this.sent) throw this.#maybeTls();
     yield* framer.end();
   }
 
@@ -120,15 +129,17 @@ class LineConnection {
     this.trace?.("close");
   }
 
+  // Small helpers: errors that name the server, and its address.
   serverError(what: string): Error {
     return new Error(`The server "${this.target}" ${what}`);
   }
-
+  #maybeTls = () => new Error(`Cannot talk to "${this.target}": ${MAY_BE_TLS}`);
   get #peer(): string {
     return addressText(this.conn.remoteAddr);
   }
-
   #lost = (error: unknown): never => {
+    const reset = error instanceof Deno.errors.ConnectionReset;
+    if (reset && !this.#heard && this.sent) throw this.#maybeTls();
     const reason = networkReason(error);
     throw new Error(`Connection to "${this.target}" lost: ${reason}`);
   };
@@ -138,23 +149,21 @@ class LineConnection {
 
 /** One chat connection: a loop receives, another sends what you type. */
 class ChatSession {
-  /** Set once we asked to leave: the server closing is then expected. */
-  leaving = false;
-  /** Resolved once the server lets us in: typing waits for it. */
-  #admitted = Promise.withResolvers<void>();
+  #admitted = Promise.withResolvers<void>(); // typing waits for the welcome
   #isIn = false;
+  #leaving = false; // we sent /quit: the server's "* bye" ends us, exit 0
 
   constructor(
     readonly connection: LineConnection,
     readonly io: LineConsole,
-    readonly options: ClientOptions,
+    readonly options: ReturnType<typeof parseClientArgs>,
   ) {}
 
   /** Runs the chat: join, then type and receive at the same time. */
   async run(): Promise<never> {
-    // Ctrl-C leaves as /quit does: readline's key in raw mode, else a signal.
-    this.io.onInterrupt = () => this.leave();
-    Deno.addSignalListener("SIGINT", () => this.leave());
+    // Ctrl-C: readline's key in raw mode, else a signal.
+    this.io.onInterrupt = () => this.leave(true);
+    Deno.addSignalListener("SIGINT", () => this.leave(true));
     await this.join();
     this.type();
     return await this.receive();
@@ -163,13 +172,8 @@ class ChatSession {
   /** Join: a first `/nick` at once joins under it, with one welcome. */
   async join(): Promise<void> {
     const { password, name } = this.options;
-    if (password) await this.send(`/auth ${password}`);
-    if (name) await this.send(`/nick ${name}`);
-  }
-
-  /** Send: a failure means the server has gone; the receive loop says so. */
-  send(line: string): Promise<void> {
-    return this.connection.send(line).catch(() => {});
+    if (password) await this.connection.send(`/auth ${password}`);
+    if (name) await this.connection.send(`/nick ${name}`);
   }
 
   /** Receive: print each whole line from the server as it arrives. */
@@ -178,37 +182,45 @@ class ChatSession {
     try {
       for await (const line of this.connection.lines()) {
         clearTimeout(hint);
-        if (line !== LINE_TOO_LONG) await this.#show(cleanText(line));
+        if (line === LINE_TOO_LONG) continue;
+        await this.#show(cleanText(line));
+        // It answered our /quit: it has read every line we sent.
+        if (this.#leaving && line === SAYS.bye) this.stop(0);
       }
+      // Closed with no "* bye": kicked, flooding, too slow, shut down.
       throw this.connection.serverError("closed the connection");
     } catch (error) {
-      if (this.leaving) this.stop(0);
       this.stop(1, (error as Error).message);
     }
   }
 
-  /** Send each line typed or piped in, once in; at their end, leave. */
+  /** Send each line typed or piped in, once in; at /quit or their end, leave. */
   async type(): Promise<void> {
     await this.#admitted.promise;
-    await this.io.readLines((line) =>
-      line.trim().toLowerCase() === "/quit" ? this.leave() : this.send(line)
-    );
+    let line;
+    while (!this.#leaving && (line = await this.io.next()) !== undefined) {
+      if (/^\/(quit|leave)$/i.test(line.trim())) break;
+      await this.connection.send(line);
+    }
     await this.leave();
   }
 
-  /** Sends /quit once: the server says bye and closes the connection. */
-  async leave(): Promise<void> {
-    if (this.leaving) return;
-    this.leaving = true;
-    setTimeout(() => this.stop(0), LEAVE_TIMEOUT_MS);
-    await this.send("/quit");
+  /** Leave: /quit, then the end of our stream; we wait as long as the server
+   * takes, so no line is lost. Ctrl-C (`now`): 3 s at most, then exit 130. */
+  async leave(now = false): Promise<void> {
+    if (now && (this.#leaving || !this.#isIn)) this.stop(130);
+    if (now) setTimeout(() => this.stop(130), LEAVE_TIMEOUT_MS);
+    if (this.#leaving) return;
+    this.#leaving = true;
+    await this.connection.send("/quit");
+    await this.connection.conn.closeWrite().catch(() => {});
   }
 
   /** Close: the socket and the console, then end the program. */
   stop(code: number, error?: string): never {
     this.connection.close();
     this.io.close();
-    if (error) console.error(paintError(error));
+    if (error) console.error(paintError(cleanText(error)));
     Deno.exit(code);
   }
 
@@ -222,13 +234,14 @@ class ChatSession {
     this.io.print(paintChatLine(line));
   }
 
-  /** An iterative server busy with another client is silent: say why. */
+  /** Silence: an iterative server busy with another client, or a TLS one
+   * awaiting a handshake; 5 blank bytes (a TLS header) make that one refuse. */
   #hintIfNoWelcome() {
-    if (!Deno.stdout.isTerminal()) return undefined;
-    const hint = `Connected to "${this.connection.target}", no welcome yet: ` +
-      "the server may be serving someone else (an iterative server takes " +
-      "one client at a time). What you type is kept until your turn.";
-    return setTimeout(() => this.io.print(paintDim(hint)), NO_WELCOME_HINT_MS);
+    const hint = "No welcome yet: an iterative server serves one at a time.";
+    return setTimeout(() => {
+      if (!this.connection.sent) this.connection.send(" ".repeat(5));
+      if (Deno.stdout.isTerminal()) this.io.print(paintDim(hint));
+    }, NO_WELCOME_HINT_MS);
   }
 }
 
@@ -245,14 +258,10 @@ async function askUntil(io: LineConsole, question: string, problem: Problem) {
   }
 }
 
-/** Asks for a chat name at the terminal; Enter: a guest name. */
-async function askName(io: LineConsole): Promise<string | undefined> {
-  const question = "Your name (Enter for a guest name): ";
-  const problem = (name: string) => name ? nameProblem(name) : undefined;
-  return (await askUntil(io, question, problem)) || undefined;
-}
-
 // The inventory client: one request, one reply, on one connection ------------
+
+/** An inventory reply: `ok`, then fields of any type a server may send. */
+type Reply = { ok: boolean; [field: string]: unknown };
 
 /** Sends requests, and reads each one's reply: the next line back. */
 class InventoryClient {
@@ -265,16 +274,16 @@ class InventoryClient {
   ) {}
 
   /** One request, one reply (beyond the lab: the password, if wanted). */
-  async request(line: string): Promise<InventoryReply> {
+  async request(line: string): Promise<Reply> {
     const reply = await this.#exchange(line);
     if (reply.ok || reply.error !== SAYS.authenticateFirst) return reply;
-    this.password ??= await askPassword(this.io, this.connection, false);
+    this.password ??= await askPassword(this);
     const auth = await this.#exchange(`/auth ${this.password}`);
     if (!auth.ok) throw this.connection.serverError("refused the password");
     return await this.#exchange(line);
   }
 
-  async #exchange(line: string): Promise<InventoryReply> {
+  async #exchange(line: string): Promise<Reply> {
     await this.connection.send(line);
     this.#replies ??= this.connection.lines();
     const { value, done } = await this.#replies.next();
@@ -285,27 +294,27 @@ class InventoryClient {
     } catch {
       // Not JSON: said just below.
     }
-    throw this.connection.serverError(
-      "sent a reply that is not the inventory's JSON",
-    );
+    throw this.connection.serverError("sent a reply this client cannot read");
   }
 }
 
+/** Any JSON value as text, cleaned: a server may send any type, any bytes. */
+const shown = (value: unknown) =>
+  cleanText(typeof value === "string" ? value : JSON.stringify(value));
+
 /** The stock as an aligned table, items in alphabetical order. */
-export function stockTable(stock: Stock): string[] {
-  const items = Object.keys(stock).sort((a, b) => a.localeCompare(b));
-  if (items.length === 0) return ["(the inventory is empty)"];
-  const itemWidth = Math.max(4, ...items.map(textWidth));
-  const counts = items.map((item) => String(stock[item]));
-  const countWidth = Math.max(8, ...counts.map((count) => count.length));
-  const row = (item: string, count: string) =>
+export function stockTable(stock: object): string[] {
+  const rows = Object.entries(stock).map((row) => row.map(shown));
+  rows.sort(([a], [b]) => a.localeCompare(b));
+  if (rows.length === 0) return ["(the inventory is empty)"];
+  const [itemWidth, countWidth] = [4, 8].map((least, column) =>
+    Math.max(least, ...rows.map((row) => textWidth(row[column])))
+  );
+  const row = ([item, count]: string[]) =>
     item + " ".repeat(itemWidth - textWidth(item) + 2) +
-    count.padStart(countWidth);
-  return [
-    row("Item", "Quantity"),
-    row("-".repeat(itemWidth), "-".repeat(countWidth)),
-    ...items.map((item, i) => row(item, counts[i])),
-  ];
+    " ".repeat(countWidth - textWidth(count)) + count;
+  const rule = ["-".repeat(itemWidth), "-".repeat(countWidth)];
+  return [["Item", "Quantity"], rule, ...rows].map(row);
 }
 
 /** Columns a text takes: wide (CJK, emoji) characters two, marks none. */
@@ -315,21 +324,17 @@ const WIDE =
   /[\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]|[\u{1f300}-\u{1faff}\u{20000}-\u{3fffd}]/gu;
 
 /** Prints a reply: its message and stock, or its error. @returns exit code */
-function printReply(reply: InventoryReply): number {
-  if (!reply.ok) {
-    console.error(paintError(`Error: ${reply.error}`));
+function printReply({ ok, message, error, inventory: stock }: Reply): number {
+  if (!ok) {
+    console.error(paintError(`Error: ${shown(error ?? "no reason given")}`));
     return 1;
   }
-  if (reply.message) console.log(reply.message);
-  if (reply.inventory) console.log(stockTable(reply.inventory).join("\n"));
+  if (message !== undefined && message !== "") console.log(shown(message));
+  const isStock = stock && typeof stock === "object" && !Array.isArray(stock);
+  if (isStock) console.log(stockTable(stock).join("\n"));
+  else if (stock !== undefined) console.log(shown(stock)); // as sent
   return 0;
 }
-
-const MENU = `
-1. Add item
-2. View inventory
-3. Remove item
-4. Exit`;
 
 const itemProblem = (item: string) =>
   item ? undefined : "Please enter an item name.";
@@ -340,10 +345,10 @@ const quantityProblem = (text: string) =>
 
 /** The lab's menu: add, view, remove, exit; asks again on a bad answer. */
 async function inventoryMenu(client: InventoryClient): Promise<number> {
-  const { io } = client;
-  console.log(`socklab inventory at ${client.connection.target}`);
+  const { io, connection } = client;
+  console.log(`socklab inventory at ${connection.target}`);
   while (true) {
-    console.log(MENU);
+    console.log("\n1. Add item\n2. View inventory\n3. Remove item\n4. Exit");
     const choice = (await io.next("Choose 1-4: "))?.trim();
     if (choice === undefined || choice === "4") return 0;
     if (choice === "2") {
@@ -381,10 +386,10 @@ function tlsReason(error: unknown): string | undefined {
   if (/UnknownIssuer|peer certificate: (BadSignature|Other)/.test(message)) {
     return "the server's TLS certificate is not trusted (for a self-signed certificate, give it with --ca cert.pem)";
   }
-  if (/NotValidForName/.test(message)) {
+  if (/NotValidForName|not valid for name/.test(message)) {
     return "the server's TLS certificate is not for this host name (connect with a name or address it lists)";
   }
-  if (/Expired|NotValidYet/.test(message)) {
+  if (/expired|not ?valid ?yet/i.test(message)) {
     return "the server's TLS certificate has expired or is not valid yet";
   }
   if (/InvalidContentType|corrupt message|WrongVersion/i.test(message)) {
@@ -392,16 +397,6 @@ function tlsReason(error: unknown): string | undefined {
   }
   if (!/certificate/i.test(message)) return undefined;
   return `TLS certificate problem: ${message}`;
-}
-
-async function trustedCertificates(caFile?: string) {
-  if (caFile === undefined) return undefined;
-  try {
-    return [await Deno.readTextFile(caFile)];
-  } catch (error) {
-    console.error(`Cannot read "${caFile}": ${(error as Error).message}`);
-    Deno.exit(1);
-  }
 }
 
 /** What a chat server says before it lets in a client without a password. */
@@ -413,22 +408,21 @@ const PASSWORD_LINES = [
 
 /** Until the chat server lets us in, it may want a password: send it. */
 async function answerPassword(session: ChatSession, line: string) {
-  const { io, options, connection } = session;
+  const { io, options } = session;
   // Our /nick sent before /auth is refused: it goes again after.
   if (line === errorLine(SAYS.authenticateFirst)) return;
   io.print(paintChatLine(line));
   if (line === SAYS.passwordNeeded && options.password) return; // sent
-  const refused = options.password !== undefined;
-  options.password = await askPassword(io, connection, refused)
+  const refused = options.password !== undefined; // we sent one: wrong
+  options.password = await askPassword(session, refused)
     .catch((error) => session.stop(1, error.message));
   await session.join();
 }
 
 /** Asks for the password, no echo. @throws {Error} with no terminal */
 async function askPassword(
-  io: LineConsole,
-  connection: LineConnection,
-  refused: boolean,
+  { io, connection }: { io: LineConsole; connection: LineConnection },
+  refused = false,
 ): Promise<string> {
   const password = await io.askSecret("Password: ");
   if (password) return password;
@@ -442,7 +436,7 @@ async function askPassword(
 const FLAGS: Record<string, FlagRow> = {
   port: { short: "p", default: String(DEFAULT_PORT), port: true },
   name: { short: "n" },
-  service: { short: "s", default: "chat", choices: TCP_SERVICES },
+  service: { short: "s", default: "chat", choices: ["chat", "inventory"] },
   tls: { on: true },
   ca: {},
   password: {},
@@ -455,7 +449,7 @@ USAGE:
   deno run -A client.ts [HOST] [OPTIONS]
   deno run -A client.ts [HOST] --service inventory [add ITEM N | remove ITEM N | view]
 
-  HOST                    The server's address (default localhost), e.g. 192.168.0.101
+  HOST                    The server's address (default localhost), e.g. 192.168.0.101, without :PORT
 
 OPTIONS:
   -p, --port <PORT>       The server's port (default ${DEFAULT_PORT})
@@ -467,24 +461,22 @@ OPTIONS:
       --trace             Print each socket step as it happens: connect, write, read, close
   -h, --help              Show this help
 
-In the chat, /help lists the commands. Leave with /quit, Ctrl-D or Ctrl-C.
+In the chat, /help lists the commands. Leave with /quit, Ctrl-D or Ctrl-C: exit
+code 0 once the server confirms (all you sent has arrived), 1 if it closes first.
 Lines piped in are sent one by one: printf 'hi\\n' | deno run -A client.ts --name bot
 
 The inventory service shows a menu; with a request after the flags, it
 sends that one request, prints the reply and exits (1 on an error reply).`;
 
-/** What the client was asked to do. */
-export type ClientOptions = ReturnType<typeof parseClientArgs>;
-
 /** Reads the client's arguments. @throws {UsageError} for a misuse */
 export function parseClientArgs(args: string[]) {
   const flags = parseFlags(args, FLAGS);
-  const service = flags.service as typeof TCP_SERVICES[number];
+  const service = flags.service as "chat" | "inventory";
   // Inventory: `[HOST] add Soap 200`; the first word tells which is which.
   const words = [...flags._];
   const hasHost = words.length > 0 && !(service === "inventory" &&
     INVENTORY.actions.includes(words[0].toLowerCase()));
-  const host = hasHost ? words.shift()! : "localhost";
+  const host = hasHost ? hostArgument(words.shift()!) : "localhost";
   if (words.length > 0 && service === "chat") {
     throw new UsageError(`Unexpected argument "${words[0]}"`);
   }
@@ -502,27 +494,47 @@ export function parseClientArgs(args: string[]) {
   };
 }
 
-/** `--trace`: at a terminal, dimmed above the typed line; else on stderr. */
-function tracer(io: LineConsole): Trace {
-  if (!Deno.stdout.isTerminal()) return (step) => console.error(step);
-  return (step) => io.print(paintDim(step));
+/** The HOST argument: a name or an address. @throws {UsageError} if not */
+function hostArgument(text: string): string {
+  const host = text.replace(/^\[(.*)\]$/, "$1"); // [::1] is ::1
+  // A name or IPv4 address (no colon), or an IPv6 one (two colons at least).
+  if (/^[\w.-]+$|^[\da-f.]*:[\da-f.]*:[\w.:%]*$/i.test(host)) return host;
+  // 127.0.0.1:9999, [::1]:9999: the port has a flag of its own.
+  const [, name, port] = /^\[?([^\]/]+?)\]?:(\d+)$/.exec(text) ?? [];
+  const fix = port
+    ? `give the port with --port: use "client.ts ${name} --port ${port}"`
+    : "use a name or an address, such as 192.168.0.101";
+  throw new UsageError(`Invalid host "${text}": ${fix}`);
 }
 
 async function main(): Promise<void> {
   const options = argsOrExit(parseClientArgs, USAGE);
+  const { host, port, tls, caFile } = options;
   chooseColors();
   // The console: lines typed or piped in below, lines printed above.
   const io = new LineConsole();
-  const trace = options.trace ? tracer(io) : undefined;
-  const caCerts = await trustedCertificates(options.caFile);
+  // --trace: at a terminal, dimmed above the typed line; else on stderr.
+  const print = Deno.stdout.isTerminal() ? io.print.bind(io) : console.error;
+  const trace: Trace = options.trace
+    ? (step) => print(paintDim(step))
+    : undefined;
+  // A failure to start: one line (cleaned: it may quote a certificate).
+  const fail = (message: string): never => {
+    console.error(cleanText(message));
+    Deno.exit(1);
+  };
+  const caCerts = caFile === undefined ? undefined : [
+    await Deno.readTextFile(caFile)
+      .catch((error) => fail(`Cannot read "${caFile}": ${error.message}`)),
+  ];
   const chat = options.service === "chat";
-  if (chat && Deno.stdin.isTerminal()) options.name ??= await askName(io);
-  const { host, port, tls } = options;
+  if (chat && Deno.stdin.isTerminal() && !options.name) {
+    const question = "Your name (Enter for a guest name): ";
+    const problem = (name: string) => name ? nameProblem(name) : undefined;
+    options.name = await askUntil(io, question, problem) || undefined;
+  }
   const conn = await connect(host, port, tls ? { caCerts } : undefined, trace)
-    .catch((error) => {
-      console.error(error.message);
-      Deno.exit(1);
-    });
+    .catch((error) => fail(error.message));
   // An inventory reply holds the whole stock: allow long lines, bounded.
   const maxLine = chat ? 64 * 1024 : 16 * 1024 * 1024;
   const target = `${host}:${port}`;
