@@ -243,11 +243,6 @@ abstract class TcpServer extends Stoppable {
     // TCP slows its sender down; no line is lost.
     const wait = client.admitted && !this.pacesAll ? 0 : client.rate.wait();
     if (wait > 0) return sleep(wait).then(() => this.#onLine(client, line));
-    // Its replies wait unread: read no more requests until they are out.
-    const { outbox } = client;
-    if (outbox.halfFull) {
-      return outbox.emptied().then(() => this.#onLine(client, line));
-    }
     if (line === LINE_TOO_LONG) {
       const who = client.name || client.address;
       this.log(`${who} sent a line that was too long`);
@@ -801,6 +796,8 @@ export class InventoryServer extends TcpServer {
   /** Answers one request line with one JSON line, once a change is saved. */
   protected async handleLine(client: Client, line: string): Promise<void> {
     if (line.trim() === "") return;
+    // Its replies wait unread: answer no more until they are out.
+    if (client.outbox.halfFull) await client.outbox.emptied();
     try {
       const reply = await this.#answer(client.address, line.trim());
       this.sendLine(client, JSON.stringify(reply));
