@@ -152,6 +152,7 @@ class ChatSession {
   #admitted = Promise.withResolvers<void>(); // typing waits for the welcome
   #isIn = false;
   #leaving = false; // we sent /quit: the server's "* bye" ends us, exit 0
+  #stopping = false; // a second stop waits: the first ends the program
 
   constructor(
     readonly connection: LineConnection,
@@ -185,12 +186,12 @@ class ChatSession {
         if (line === LINE_TOO_LONG) continue;
         await this.#show(cleanText(line));
         // It answered our /quit: it has read every line we sent.
-        if (this.#leaving && line === SAYS.bye) this.stop(0);
+        if (this.#leaving && line === SAYS.bye) return await this.stop(0);
       }
       // Closed with no "* bye": kicked, flooding, too slow, shut down.
       throw this.connection.serverError("closed the connection");
     } catch (error) {
-      this.stop(1, (error as Error).message);
+      return await this.stop(1, (error as Error).message);
     }
   }
 
@@ -208,7 +209,7 @@ class ChatSession {
   /** Leave: /quit, then the end of our stream; we wait as long as the server
    * takes, so no line is lost. Ctrl-C (`now`): 3 s at most, then exit 130. */
   async leave(now = false): Promise<void> {
-    if (now && (this.#leaving || !this.#isIn)) this.stop(130);
+    if (now && (this.#leaving || !this.#isIn)) return await this.stop(130);
     if (now) setTimeout(() => this.stop(130), LEAVE_TIMEOUT_MS);
     if (this.#leaving) return;
     this.#leaving = true;
@@ -217,9 +218,11 @@ class ChatSession {
   }
 
   /** Close: the socket and the console, then end the program. */
-  stop(code: number, error?: string): never {
+  async stop(code: number, error?: string): Promise<never> {
+    if (this.#stopping) return await new Promise<never>(() => {});
+    this.#stopping = this.#leaving = true; // and nothing more is sent
     this.connection.close();
-    this.io.close();
+    await this.io.close(); // 1 s at most, on a console not read
     if (error) console.error(paintError(cleanText(error)));
     Deno.exit(code);
   }
@@ -419,11 +422,9 @@ async function answerPassword(session: ChatSession, line: string) {
   await session.join();
 }
 
+type Session = { io: LineConsole; connection: LineConnection };
 /** Asks for the password, no echo. @throws {Error} with no terminal */
-async function askPassword(
-  { io, connection }: { io: LineConsole; connection: LineConnection },
-  refused = false,
-): Promise<string> {
+async function askPassword({ io, connection }: Session, refused = false) {
   const password = await io.askSecret("Password: ");
   if (password) return password;
   if (refused) throw connection.serverError("refused the password");
@@ -515,9 +516,8 @@ async function main(): Promise<void> {
   const io = new LineConsole();
   // --trace: at a terminal, dimmed above the typed line; else on stderr.
   const print = Deno.stdout.isTerminal() ? io.print.bind(io) : console.error;
-  const trace: Trace = options.trace
-    ? (step) => print(paintDim(step))
-    : undefined;
+  const dim = (step: string) => print(paintDim(step));
+  const trace: Trace = options.trace ? dim : undefined;
   // A failure to start: one line (cleaned: it may quote a certificate).
   const fail = (message: string): never => {
     console.error(cleanText(message));
@@ -543,7 +543,7 @@ async function main(): Promise<void> {
   const client = new InventoryClient(connection, io, options.password);
   const code = await inventory(client, options.request);
   connection.close();
-  io.close();
+  await io.close();
   Deno.exit(code);
 }
 

@@ -1136,7 +1136,7 @@ async function main(): Promise<void> {
   }
   await server.finished;
   await server.stop();
-  terminal.close();
+  await terminal.close();
   Deno.exit(0);
 }
 

@@ -1,49 +1,36 @@
-/**
- * What more than one socklab script needs: the lab's part first (framing,
- * sending, line formats, names, cleaning, the chat room), then the tools
- * around it (console, colors, flags, errors, passwords, limits).
- * @module
- */
+/** What socklab's scripts share: the lab's part, then its tools. @module */
+// deno-lint-ignore-file no-control-regex -- see "Text cleaning"
 
 import { createHash, timingSafeEqual } from "node:crypto";
 import process from "node:process";
 import * as readline from "node:readline";
+import { Writable } from "node:stream";
 import { parseArgs } from "@std/cli/parse-args";
 import * as stdColors from "@std/fmt/colors";
 
 export const DEFAULT_PORT = 9999; // the lab's port, for TCP and for UDP
 
 // --- Framing: a TCP byte stream into lines ---
-
 export const MAX_LINE_BYTES = 4096; // the longest line a peer may send
 /** Stands where a peer sent a line longer than the limit (it is dropped). */
 export const LINE_TOO_LONG: unique symbol = Symbol("line too long");
 export type Frame = string | typeof LINE_TOO_LONG;
-
-const LF = 0x0a;
-const CR = 0x0d;
+const [LF, CR] = [0x0a, 0x0d];
 const NOTHING = new Uint8Array(0);
 // Decodes whole lines only, never part of a character: it keeps no state.
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
-
-/**
- * Splits a byte stream into lines: a TCP read may hold half a line, several
- * lines or half a UTF-8 character. A line ends at `\n`, `\r\n` or a bare
- * `\r`. One over `maxLineBytes` comes once as {@linkcode LINE_TOO_LONG} and
- * is dropped, so memory stays bounded whatever a peer sends.
- */
+// A read holds half a line, or several, or half a character: lines end at
+// LF, CRLF or CR. One too long is dropped, so memory stays bounded.
+/** Splits a TCP byte stream into lines. */
 export class LineFramer {
   #kept = NOTHING; // the start of a line whose end has not come yet
   #dropping = false; // inside a line that was too long
   #afterCR = false; // the last read ended with a CR
-
   constructor(readonly maxLineBytes: number = MAX_LINE_BYTES) {}
-
   get keptBytes(): number {
     return this.#kept.length;
   }
-
   /** Takes one read's bytes: @returns the lines they complete, in order */
   push(chunk: Uint8Array): Frame[] {
     const lines: Frame[] = [];
@@ -64,12 +51,10 @@ export class LineFramer {
     this.#keep(chunk.subarray(start), lines);
     return lines;
   }
-
   /** The stream ended: @returns its last line, if it had no line end */
   end(): Frame[] {
     return this.#kept.length > 0 ? this.push(new Uint8Array([LF])) : [];
   }
-
   #endLine(last: Uint8Array, lines: Frame[]): void {
     // Most lines lie whole in one read: decoded from there, no copy.
     const whole = this.#kept.length === 0 && !this.#dropping;
@@ -81,15 +66,13 @@ export class LineFramer {
     this.#kept = NOTHING;
     this.#dropping = false;
   }
-
   #keep(piece: Uint8Array, lines: Frame[]): void {
     if (this.#dropping) return;
     const size = this.#kept.length + piece.length;
     if (size > this.maxLineBytes) {
-      lines.push(LINE_TOO_LONG);
       this.#dropping = true;
       this.#kept = NOTHING;
-      return;
+      return void lines.push(LINE_TOO_LONG);
     }
     const kept = new Uint8Array(size); // a copy: the caller reuses its buffer
     kept.set(this.#kept);
@@ -97,49 +80,35 @@ export class LineFramer {
     this.#kept = kept;
   }
 }
-
+type Writer = { write(bytes: Uint8Array): Promise<number> };
 /** Sends every byte: a `write()` may take only a part. @returns the writes */
-export async function writeAll(
-  writer: { write(bytes: Uint8Array): Promise<number> },
-  bytes: Uint8Array,
-): Promise<number> {
+export async function writeAll(writer: Writer, bytes: Uint8Array) {
   let writes = 0;
   for (let sent = 0; sent < bytes.length; writes++) {
     sent += await writer.write(bytes.subarray(sent));
   }
   return writes;
 }
-
-export function encodeLine(text: string): Uint8Array {
-  return encoder.encode(text + "\n");
-}
-
+export const encodeLine = (text: string) => encoder.encode(text + "\n");
 /** Prints one step of the socket story, for `--trace`; undefined when off. */
 export type Trace = ((step: string) => void) | undefined;
 
 // --- Text cleaning, line formats and names ---
-
-// Terminal escape sequences (CSI, OSC, two-byte ESC), then the control
-// characters left: C0, DEL, C1, and the bidirectional overrides.
+// Terminal escapes (CSI, OSC, two-byte ESC), then the controls left: C0, DEL,
+// C1, the bidi overrides. (Matching them is the point: no-control-regex off.)
 const ESCAPES =
-  // deno-lint-ignore no-control-regex -- matching control bytes is the point
   /\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -~]?/g;
-// deno-lint-ignore no-control-regex -- matching control bytes is the point
 const CONTROLS = /[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g;
-// deno-lint-ignore no-control-regex -- matching control bytes is the point
 const UNSAFE = /[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/;
-
 /** Strips escapes and controls, tabs become spaces; Unicode passes as is. */
 export function cleanText(text: string): string {
   if (!UNSAFE.test(text)) return text; // most lines: one test, no copy
   return text.replace(ESCAPES, "").replace(CONTROLS, "").replaceAll("\t", " ");
 }
-
 // The line formats: a message from NAME, a notice, an error to one client.
 export const messageLine = (name: string, text: string) => `<${name}> ${text}`;
 export const noticeLine = (text: string) => `* ${text}`;
 export const errorLine = (text: string) => `! ${text}`;
-
 /** Lines both sides of a protocol know. */
 export const SAYS = {
   passwordNeeded: "* this server needs a password: send /auth PASSWORD",
@@ -150,7 +119,6 @@ export const SAYS = {
   bye: "* bye",
   pong: "* pong",
 };
-
 /** What both sides of the inventory protocol know. */
 export const INVENTORY = {
   actions: ["add", "remove", "view", "help"],
@@ -165,12 +133,10 @@ export type Stock = Record<string, number>;
 export type InventoryReply =
   | { ok: true; message?: string; inventory?: Stock }
   | { ok: false; error: string };
-
 type ChatInput =
   | { kind: "empty" }
   | { kind: "message"; text: string }
   | { kind: "command"; command: string; rest: string };
-
 /** A chat line, cleaned: `/cmd rest` a command, `//text` the message `/text`. */
 export function parseChatInput(rawLine: string): ChatInput {
   const line = cleanText(rawLine).trimEnd();
@@ -180,14 +146,12 @@ export function parseChatInput(rawLine: string): ChatInput {
   const [command, rest] = splitFirstWord(line);
   return { kind: "command", command: command.toLowerCase(), rest };
 }
-
 /** Splits `NAME TEXT` into the first word and the rest. */
 export function splitFirstWord(text: string): [string, string] {
   const space = text.indexOf(" ");
   if (space < 0) return [text, ""];
   return [text.slice(0, space), text.slice(space + 1).trim()];
 }
-
 /** Why `name` is not a valid name (1 to 24 of A-Z a-z 0-9 - _ .), if not. */
 export function nameProblem(name: string): string | undefined {
   if (name === "") return "a name cannot be empty";
@@ -199,12 +163,10 @@ export function nameProblem(name: string): string | undefined {
     return `name "${name}" is not valid: use letters, digits, "-", "_" or "."`;
   }
 }
-
 /** Names are unique ignoring case: this is the form compared. */
 export const nameKey = (name: string) => name.toLowerCase();
 
 // --- The chat room's rules, without sockets ("sans-I/O") ---
-
 /** Where the room's lines go: its transport writes them to sockets. */
 export interface RoomOutput<Member> {
   send(member: Member, line: string): void;
@@ -213,23 +175,18 @@ export interface RoomOutput<Member> {
   show(line: string): void; // a chat line for the server's console
   log(text: string): void;
 }
-
-const HELP = [
-  "commands:",
-  "  /nick NAME       choose your name (1 to 24 letters, digits, - _ .)",
-  "  /who             list who is online",
-  "  /msg NAME TEXT   send TEXT to NAME alone",
-  '  /me TEXT         an action: "/me waves" shows "* NAME waves"',
-  "  /quit            leave the chat",
-  '  //TEXT           send a message that starts with "/"',
-];
+const HELP = `commands:
+  /nick NAME       choose your name (1 to 24 letters, digits, - _ .)
+  /who             list who is online
+  /msg NAME TEXT   send TEXT to NAME alone
+  /me TEXT         an action: "/me waves" shows "* NAME waves"
+  /quit            leave the chat
+  //TEXT           send a message that starts with "/"`.split("\n");
 const SEE_HELP = "/help lists the commands";
-
 /** The chat's rules for any transport: lines in, {@linkcode RoomOutput} out. */
 export class ChatRoom<Member extends { name: string }> {
   readonly members = new Map<string, Member>(); // by nameKey, in join order
   #guests = 0;
-
   constructor(
     readonly out: RoomOutput<Member>,
     readonly options: {
@@ -239,7 +196,6 @@ export class ChatRoom<Member extends { name: string }> {
       moreHelp?: string[]; // help for the transport's commands (UDP: /join)
     },
   ) {}
-
   /** Lets a member in, under `name` (checked first) or as guest-N. */
   join(member: Member, name?: string): void {
     member.name = name ?? this.#guestName();
@@ -257,7 +213,6 @@ export class ChatRoom<Member extends { name: string }> {
     this.#tell(member, `you are ${member.name}${pick}; ${SEE_HELP}`);
     if (this.#announces()) this.#announce(`${member.name} joined`, member);
   }
-
   /** One line from a member: a message to everyone else, or a command. */
   handle(member: Member, line: string): void {
     const input = parseChatInput(line);
@@ -278,43 +233,38 @@ export class ChatRoom<Member extends { name: string }> {
       this.#error(member, `unknown command "${command}": ${SEE_HELP}`);
     }
   }
-
   /** A message to everyone but its sender. */
   say(member: Member, text: string): void {
     const line = messageLine(member.name, text);
     this.out.show(line);
     this.out.broadcast(line, member);
   }
-
   /** The member has gone (`reason` says why): tell the others. */
   leave(member: Member, reason: string): void {
     if (this.members.get(nameKey(member.name)) !== member) return;
+    const told = this.#announces(); // counted with it in, as its join was
     this.members.delete(nameKey(member.name));
     this.out.log(`${member.name} left (${reason})`);
-    if (reason === "shutdown" || !this.#announces()) return;
+    if (reason === "shutdown" || !told) return;
     // The usual ways to leave need no reason in the notice.
     const plain = /^(quit|closed|reset)$|^error/.test(reason);
     this.#announce(`${member.name} left${plain ? "" : ` (${reason})`}`);
   }
-
   /** Why `member` cannot take `name`, or undefined when it can. */
   nameProblem(name: string, member?: Member): string | undefined {
     if (name === "") return "usage: /nick NAME";
-    if (this.#isOperator(name)) {
-      return `name "${name}" is reserved for the operator`;
-    }
+    const reserved = `name "${name}" is reserved for the operator`;
+    if (this.#isOperator(name)) return reserved;
     const holder = this.members.get(nameKey(name));
     if (holder && holder !== member) return `name "${name}" is taken`;
     return nameProblem(name);
   }
-
   /** `* online (3): Amey, Karan, server (operator)` */
   whoLine(): string {
     const everyone = [...this.#names(), ...this.#operator()];
     const names = everyone.join(", ") || "no one";
     return noticeLine(`online (${everyone.length}): ${names}`);
   }
-
   #rename(member: Member, name: string): void {
     const problem = this.nameProblem(name, member);
     if (problem) return this.#error(member, problem);
@@ -326,13 +276,11 @@ export class ChatRoom<Member extends { name: string }> {
     this.out.log(`${old} is now known as ${name}`);
     this.#announce(`${old} is now known as ${name}`);
   }
-
   #act(member: Member, action: string): void {
     if (action === "") return this.#error(member, "usage: /me TEXT");
     this.out.show(noticeLine(`${member.name} ${action}`));
     this.#announce(`${member.name} ${action}`, member);
   }
-
   #whisper(member: Member, rest: string): void {
     const [name, text] = splitFirstWord(rest);
     if (!name || !text) return this.#error(member, "usage: /msg NAME TEXT");
@@ -342,13 +290,11 @@ export class ChatRoom<Member extends { name: string }> {
     if (!target) return this.#error(member, `no one named "${name}" is online`);
     this.out.send(target, line);
   }
-
   #guestName(): string {
     let name;
     do name = `guest-${++this.#guests}`; while (this.nameProblem(name));
     return name;
   }
-
   // Small helpers: a notice to one, a notice to all (but `except`), an
   // error to one; whether joins are told; names; the operator.
   #tell = (to: Member, text: string) => this.out.send(to, noticeLine(text));
@@ -364,24 +310,34 @@ export class ChatRoom<Member extends { name: string }> {
 }
 
 // --- The console: lines typed below, lines printed above ---
-
+// A console not read (a pipe, a full FIFO, a paused terminal: issue 14)
+// must stall nothing: stdout gets async writes, one in flight at a time.
+// What waits for them is capped: past the cap a line is dropped, and counted.
+const CONSOLE_MAX_PENDING = 256 * 1024; // characters, a line end counting one
+const CLOSE_WAIT_MS = 1000; // how long close() waits for a console not read
+const droppedLine = (count: number) =>
+  `(${count} console lines dropped: the console was not read)`;
 /** The console, on `node:readline`: printed lines go above the typed one. */
 export class LineConsole {
   readonly terminal = Deno.stdin.isTerminal() && Deno.stdout.isTerminal();
   onInterrupt: () => unknown = () => Deno.exit(130); // Ctrl-C at a terminal
   #rl?: readline.Interface;
   #lines?: AsyncIterator<string>;
-  #pending: string[] = [];
+  #pending: string[] = []; // printed lines, not yet written
+  #pendingSize = 0;
+  #dropped = 0; // lines dropped since the last ones were written
+  #out = ""; // readline's text (prompt, echo), not yet written
+  #writing = false; // a write is in flight: what comes waits for it
+  #written = Promise.resolve(); // when what was given so far is written
   #muted = false;
   #ended = false;
-
   constructor(readonly prompt = "> ") {}
-
   /** Prints a line once this turn of the event loop ends: one write a turn. */
   print(line: string): void {
+    if (this.#pendingSize >= CONSOLE_MAX_PENDING) return void this.#dropped++;
+    this.#pendingSize += line.length + 1;
     if (this.#pending.push(line) === 1) setTimeout(() => this.#flush(), 0);
   }
-
   /** The next line typed or piped in (after `prompt`); undefined at the end. */
   async next(prompt = this.prompt): Promise<string | undefined> {
     const rl = this.#open();
@@ -392,100 +348,108 @@ export class LineConsole {
     rl.setPrompt(paintDim(this.prompt));
     return done ? undefined : value;
   }
-
   async readLines(onLine: (line: string) => unknown): Promise<void> {
     let line;
     while ((line = await this.next()) !== undefined) await onLine(line);
   }
-
   /** Asks for a secret at the terminal, not echoed; undefined elsewhere. */
   async askSecret(question: string): Promise<string | undefined> {
     if (!this.terminal) return undefined;
-    this.#open();
-    this.#flush();
-    process.stdout.write(question);
-    this.#muted = true;
-    const answer = await this.next("");
+    const answering = this.next(question); // it draws the question at once
+    this.#muted = true; // and what is typed from now on is not echoed
+    const answer = await answering;
     this.#muted = false;
-    process.stdout.write("\n");
+    this.#send("\n");
     // readline keeps typed lines for the Up key: not this one.
     const { history } = this.#rl as unknown as { history: string[] };
     if (answer && history[0] === answer) history.shift();
     return answer;
   }
-
-  /** Gives the terminal back: printed lines out, prompt gone, input closed. */
-  close(): void {
-    this.#flush();
-    if (this.#ended || !this.#rl) return;
-    if (this.terminal) process.stdout.write("\r\x1b[K");
-    this.#rl.close();
+  /** Gives the terminal back: prompt gone, printed lines out, input closed.
+   * On a console not read it gives up after 1 s: the caller then exits. */
+  async close(): Promise<void> {
+    const open = this.#rl && !this.#ended;
+    this.#ended = true; // from now on the prompt is not drawn again
+    this.#send(open && this.terminal ? "\r\x1b[K" : ""); // its line cleared
+    let timer;
+    const late = new Promise((done) => timer = setTimeout(done, CLOSE_WAIT_MS));
+    await Promise.race([this.#written, late]);
+    clearTimeout(timer);
+    // At a terminal, closing waits for stdout to drain (it leaves raw
+    // mode): not on a console not read. Deno.exit leaves raw mode too.
+    if (open && !this.#writing) this.#rl!.close();
   }
-
   #open(): readline.Interface {
     if (this.#rl) return this.#rl;
-    // A reader that went away (`| head -1`) must not crash the program.
-    process.stdout.on("error", () => {});
     const { terminal } = this;
-    const output = terminal ? process.stdout : undefined;
+    // What readline draws at a terminal (prompt, echo) waits its turn too,
+    // but nothing while a secret is typed: it is not echoed.
+    const write = (chunk: unknown, _: unknown, done: () => void) => {
+      if (!this.#muted) this.#send(String(chunk));
+      done();
+    };
+    const screen = Object.defineProperty(new Writable({ write }), "columns", {
+      get: () => process.stdout.columns, // where a long typed line wraps
+    });
+    const output = terminal ? screen : undefined;
     const input = process.stdin;
     const rl = readline.createInterface({ input, output, terminal });
-    // readline echoes what is typed through this: muted for a secret.
-    const hook = rl as unknown as { _writeToOutput(text: string): void };
-    const echo = hook._writeToOutput.bind(rl);
-    hook._writeToOutput = (text) => this.#muted || echo(text);
     rl.on("SIGINT", () => this.onInterrupt());
     rl.on("close", () => this.#ended = true); // Ctrl-D, or the end of a pipe
     this.#lines = rl[Symbol.asyncIterator]();
     return this.#rl = rl;
   }
-
-  #flush(): void {
-    if (this.#pending.length === 0) return;
-    const text = this.#pending.join("\n") + "\n";
-    this.#pending = [];
-    if (!this.#rl || !this.terminal || this.#ended) return writeOut(text);
-    readline.clearLine(process.stdout, 0);
-    readline.cursorTo(process.stdout, 0);
-    process.stdout.write(text);
-    this.#rl.prompt(true);
+  #send(text: string): void {
+    this.#out += text;
+    this.#flush();
   }
-}
-
-/** Writes to stdout; a closed pipe is ignored (nobody reads any more). */
-function writeOut(text: string): void {
-  const bytes = encoder.encode(text);
-  try {
-    for (let sent = 0; sent < bytes.length;) {
-      sent += Deno.stdout.writeSync(bytes.subarray(sent));
+  /** Writes what waits, unless a write is in flight: it comes after that. */
+  #flush(): void {
+    if (!this.#writing) this.#written = this.#write();
+  }
+  async #write(): Promise<void> {
+    this.#writing = true; // at once: what comes from here on waits
+    for (let text; (text = this.#take()) !== "";) {
+      // A closed pipe (| head -1) is ignored: nobody reads any more.
+      await writeAll(Deno.stdout, encoder.encode(text)).catch(() => {});
     }
-  } catch {
-    // The program goes on, as it does when its input ends.
+    this.#writing = false;
+  }
+  /** What waits, as one text: printed lines above the prompt, and once a
+   * write has gone through, how many lines were dropped before it. */
+  #take(): string {
+    if (this.#dropped > 0) this.#pending.push(droppedLine(this.#dropped));
+    const text = [...this.#pending, ""].join("\n");
+    const atPrompt = text && this.terminal && this.#rl && !this.#ended;
+    this.#out += atPrompt ? "\r\x1b[K" + text : text;
+    [this.#pending, this.#pendingSize, this.#dropped] = [[], 0, 0];
+    if (atPrompt) this.#rl!.prompt(true); // redrawn: into #out, as it waits
+    const out = this.#out;
+    this.#out = "";
+    return out;
   }
 }
 
 // --- Colors ---
-
 type Paint = (text: string) => string;
 // The std module is JavaScript without types: typed here, where it enters.
-const colors = stdColors as unknown as Record<string, Paint> & {
-  setColorEnabled(enabled: boolean): void;
-};
+type Colors = Record<string, Paint> & { setColorEnabled(on: boolean): void };
+const colors = stdColors as unknown as Colors;
 const NAME_COLORS = ["green", "yellow", "blue", "magenta", "cyan"]
   .flatMap((hue) => [hue, `bright${hue[0].toUpperCase()}${hue.slice(1)}`]);
-
+/** Paints an error of ours, and a secondary text (hints, prompts). */
+export const paintError: Paint = (text) => colors.red(text);
+export const paintDim: Paint = (text) => colors.dim(text);
 /** Colors only for a terminal, and never when NO_COLOR is set. */
 export function chooseColors(): void {
   colors.setColorEnabled(Deno.stdout.isTerminal() && !Deno.noColor);
 }
-
 /** Paints a line from a chat server: each name its own color, always. */
 export function paintChatLine(line: string): string {
+  if (line.startsWith("* ")) return colors.dim(line);
+  if (line.startsWith("! ")) return colors.red(line);
   const message = /^(\[private\] )?<([^>\s]{1,64})> (.*)$/s.exec(line);
-  if (!message) {
-    if (line.startsWith("* ")) return colors.dim(line);
-    return line.startsWith("! ") ? colors.red(line) : line;
-  }
+  if (!message) return line;
   const [, secret, name, text] = message;
   let hash = 0;
   for (const c of nameKey(name)) hash = (hash * 31 + c.charCodeAt(0)) >>> 0;
@@ -494,17 +458,11 @@ export function paintChatLine(line: string): string {
   return `${tag}<${colors.bold(paint(name))}> ${text}`;
 }
 
-/** Paints an error of ours, and a secondary text (hints, prompts). */
-export const paintError: Paint = (text) => colors.red(text);
-export const paintDim: Paint = (text) => colors.dim(text);
-
 // --- Flags: a table per script, read with @std/cli's parseArgs ---
-
 /** A misuse of a script's flags: printed with the usage, exit code 2. */
 export class UsageError extends Error {
   override name = "UsageError";
 }
-
 /** A flag: its alias, default, and value (on/off, port, range, choices). */
 export type FlagRow = {
   short?: string;
@@ -514,9 +472,8 @@ export type FlagRow = {
   range?: readonly [min: number, max: number, kind?: "number"];
   choices?: readonly string[];
 };
-
 type Flags = { _: string[]; help: boolean; [flag: string]: unknown };
-
+const PORT_RANGE: FlagRow["range"] = [0, 65535];
 /** Reads the arguments with a flag table. @throws {UsageError} for a misuse */
 export function parseFlags(
   args: string[],
@@ -543,38 +500,29 @@ export function parseFlags(
   }
   return { ...parsed, _: parsed._.map(String) };
 }
-
 function refuseUnknown(arg: string): true {
   if (!arg.startsWith("-") || arg === "-") return true; // a positional
-  throw new UsageError(
-    /^-\d/.test(arg)
-      ? `Invalid value "${arg}": no negative numbers`
-      : `Unknown option "${arg.split("=")[0]}"`,
-  );
+  const negative = `Invalid value "${arg}": no negative numbers`;
+  if (/^-\d/.test(arg)) throw new UsageError(negative);
+  throw new UsageError(`Unknown option "${arg.split("=")[0]}"`);
 }
-
 function checkFlag(name: string, row: FlagRow, text: string): string | number {
-  if (row.port) return parsePort(text);
-  const bad = `Invalid --${name} "${text}": use`;
+  const bad = `Invalid ${row.port ? "port" : `--${name}`} "${text}": use`;
   if (row.choices && !row.choices.includes(text)) {
     throw new UsageError(`${bad} one of ${row.choices.join(", ")}`);
   }
-  if (!row.range) return text;
-  const [min, max, kind] = row.range;
+  const range = row.port ? PORT_RANGE : row.range;
+  if (!range) return text;
+  const [min, max, kind] = range;
   const pattern = kind ? /^\d+(\.\d+)?$|^\.\d+$/ : /^\d+$/;
   const value = Number(text);
   if (pattern.test(text) && value >= min && value <= max) return value;
   const what = kind ? "a number" : "a whole number";
   throw new UsageError(`${bad} ${what} from ${min} to ${max}`);
 }
-
 /** @throws {UsageError} unless `text` is a whole number from 0 to 65535 */
-export function parsePort(text: string): number {
-  if (/^\d+$/.test(text) && Number(text) <= 65535) return Number(text);
-  const use = "use a whole number from 0 to 65535";
-  throw new UsageError(`Invalid port "${text}": ${use}`);
-}
-
+export const parsePort = (text: string) =>
+  checkFlag("port", { port: true }, text) as number;
 /** Checks a --name flag. @throws {UsageError} for an invalid name */
 export function nameFlag(value: unknown): string | undefined {
   if (value === undefined) return undefined;
@@ -582,7 +530,6 @@ export function nameFlag(value: unknown): string | undefined {
   if (problem) throw new UsageError(`Invalid --name: ${problem}`);
   return String(value);
 }
-
 /** Reads `Deno.args`: `--help` prints the usage, a misuse also, exit 0, 2. */
 export function argsOrExit<Options extends { help: boolean }>(
   parse: (args: string[]) => Options,
@@ -601,7 +548,6 @@ export function argsOrExit<Options extends { help: boolean }>(
 }
 
 // --- Errors, signals, stopping, addresses ---
-
 // The network errors a user can meet, by the error's name.
 const REASONS: Record<string, string> = {
   ConnectionRefused:
@@ -614,42 +560,33 @@ const REASONS: Record<string, string> = {
     "administrator rights; or run with --allow-net)",
   TimedOut: "timed out",
 };
-
 /** Says in words why a network operation failed (refused, reset, ...). */
 export function networkReason(error: unknown): string {
-  const { name, message } = error instanceof Error
-    ? error
-    : new Error(String(error));
+  const name = error instanceof Error ? error.name : "";
+  const message = error instanceof Error ? error.message : String(error);
   if (Object.hasOwn(REASONS, name)) return REASONS[name];
-  if (/lookup|resolve|name or service|nodename|no such host/i.test(message)) {
-    return "unknown host";
-  }
+  const unknownHost = /lookup|resolve|name or service|nodename|no such host/i;
+  if (unknownHost.test(message)) return "unknown host";
   return /unreachable/i.test(message) ? "network unreachable" : message;
 }
-
 /** Is this the error a read or accept gets when we closed the socket? */
-export function isClosedByUs(error: unknown): boolean {
-  return error instanceof Deno.errors.BadResource ||
-    error instanceof Deno.errors.Interrupted;
-}
-
+export const isClosedByUs = (error: unknown) =>
+  error instanceof Deno.errors.BadResource ||
+  error instanceof Deno.errors.Interrupted;
 /** Calls `stop` on Ctrl-C, and on SIGTERM (SIGBREAK on Windows). */
 export function onStopSignals(stop: () => void): void {
   Deno.addSignalListener("SIGINT", stop);
   const windows = Deno.build.os === "windows";
   Deno.addSignalListener(windows ? "SIGBREAK" : "SIGTERM", stop);
 }
-
 /** Stops the program with a clear message when Deno's UDP API is missing. */
 export function requireUdp(): void {
   if (typeof Deno.listenDatagram === "function") return;
-  console.error(
-    "UDP needs Deno's unstable net API: run with --unstable-net, for " +
-      "example: deno run -A --unstable-net udp_server.ts",
-  );
+  const needs = "UDP needs Deno's unstable net API: run with --unstable-net";
+  const example = "deno run -A --unstable-net udp_server.ts";
+  console.error(`${needs}, for example: ${example}`);
   Deno.exit(1);
 }
-
 /** A server that stops once (its own `shutDown`), however often asked. */
 export abstract class Stoppable {
   #stopped?: Promise<void>;
@@ -661,43 +598,34 @@ export abstract class Stoppable {
   }
   protected abstract shutDown(): Promise<void>;
 }
-
 /** A log line with the time: `14:03:27 Karan joined`. */
-export function logLine(text: string): string {
-  return `${new Date().toTimeString().slice(0, 8)} ${text}`;
-}
-
+export const logLine = (text: string) =>
+  `${new Date().toTimeString().slice(0, 8)} ${text}`;
 export function addressText(address: Deno.Addr): string {
   const { hostname, port } = address as Deno.NetAddr;
   return `${hostname}:${port}`;
 }
-
+type Commands = (address: string) => string; // how to connect to `address`
 /** Banner lines: how to reach `host` from the LAN, and from this PC. */
-export function connectionHints(
-  host: string,
-  commandsFor: (address: string) => string,
-): string[] {
+export function connectionHints(host: string, commandsFor: Commands): string[] {
   const hint = (address: string) => `  ${commandsFor(address)}`;
   if (host !== "0.0.0.0" && host !== "::") return ["Connect with:", hint(host)];
+  const here = ["From this PC:", hint("127.0.0.1")];
   const sys = { name: "sys", kind: "networkInterfaces" } as const;
-  const lan = Deno.permissions.querySync(sys).state !== "granted"
-    ? undefined
-    : Deno.networkInterfaces().filter((nic) => nic.family === "IPv4")
-      .map((nic) => nic.address).filter((a) => !a.startsWith("127."));
-  const lines = lan === undefined
-    ? [
-      "(Run with --allow-sys=networkInterfaces to list this PC's LAN addresses.)",
-    ]
-    : lan.length === 0
-    ? ["This PC has no LAN address: only programs on it can connect."]
-    : ["From another PC on this LAN:", ...new Set(lan.map(hint))];
-  return [...lines, "From this PC:", hint("127.0.0.1")];
+  if (Deno.permissions.querySync(sys).state !== "granted") {
+    const allow = "--allow-sys=networkInterfaces";
+    return [`(Run with ${allow} to list this PC's LAN addresses.)`, ...here];
+  }
+  const lan = Deno.networkInterfaces()
+    .filter((nic) => nic.family === "IPv4" && !nic.address.startsWith("127."))
+    .map((nic) => hint(nic.address));
+  const none = "This PC has no LAN address: only programs on it can connect.";
+  if (lan.length === 0) return [none, ...here];
+  return ["From another PC on this LAN:", ...new Set(lan), ...here];
 }
 
 // --- Beyond the lab: passwords, rate limits, idle peers ---
-
 export const PASSWORD_VARIABLE = "SOCKLAB_PASSWORD";
-
 /** The password from --password, or else from SOCKLAB_PASSWORD. */
 export function passwordFrom(flag: unknown): string | undefined {
   let password = flag === undefined ? undefined : String(flag);
@@ -709,42 +637,22 @@ export function passwordFrom(flag: unknown): string | undefined {
   if (password === "") throw new UsageError("The password cannot be empty");
   return password;
 }
-
 /** Compares passwords in constant time: hashed, so lengths tell nothing. */
 export function passwordMatches(given: string, expected: string): boolean {
   const digest = (text: string) => createHash("sha256").update(text).digest();
   return timingSafeEqual(digest(given), digest(expected));
 }
-
 /** A token bucket: `burst` tokens, `rate` more a second, one per line. */
 export class RateLimit {
   #tokens: number;
   #last = performance.now();
   #dropped = 0;
   #lastDrop = -Infinity;
-
   constructor(readonly rate: number, readonly burst: number) {
     this.#tokens = burst;
   }
-
-  wait(now = performance.now()): number {
-    if (this.rate <= 0) return 0;
-    const refill = (now - this.#last) * this.rate / 1000;
-    this.#tokens = Math.min(this.burst, this.#tokens + refill);
-    this.#last = now;
-    if (this.#tokens >= 1) {
-      this.#tokens -= 1;
-      return 0;
-    }
-    return (1 - this.#tokens) * 1000 / this.rate;
-  }
-
   check(now = performance.now()): "pass" | "warn" | "drop" | "disconnect" {
-    const refill = (now - this.#last) * this.rate / 1000;
-    this.#tokens = Math.min(this.burst, this.#tokens + refill);
-    this.#last = now;
-    if (this.#tokens >= 1) {
-      this.#tokens -= 1;
+    if (this.#take(now)) {
       if (now - this.#lastDrop > 1000) this.#dropped = 0;
       return "pass";
     }
@@ -754,8 +662,20 @@ export class RateLimit {
     if (this.#dropped === 1) return "warn";
     return this.#dropped > this.burst ? "disconnect" : "drop";
   }
+  /** For TCP pacing: 0 with a token taken, else the ms until one is there. */
+  wait(now = performance.now()): number {
+    if (this.rate === 0 || this.#take(now)) return 0;
+    return (1 - this.#tokens) * 1000 / this.rate;
+  }
+  #take(now: number): boolean {
+    const refill = Math.max(0, now - this.#last) * this.rate / 1000;
+    this.#tokens = Math.min(this.burst, this.#tokens + refill);
+    this.#last = now;
+    if (this.#tokens < 1) return false;
+    this.#tokens -= 1;
+    return true;
+  }
 }
-
 /** The one idle sweep: hands peers silent for `timeoutMs` to `drop`. */
 export function sweepIdle<Peer extends { lastHeard: number }>(
   timeoutMs: number,

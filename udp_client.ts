@@ -507,10 +507,10 @@ function hostAndQuestion(
   return [host, question];
 }
 
-/** Closes the console and the socket, then exits with `code`. */
-function end(code: number, console: LineConsole, link?: UdpLink): never {
-  console.close();
-  link?.close();
+/** Closes the socket and the console, then exits with `code`. */
+async function end(code: number, out: LineConsole, link?: UdpLink) {
+  link?.close(); // first: nothing more is sent while the console closes
+  await out.close(); // 1 s at most, on a console not read
   Deno.exit(code);
 }
 
@@ -542,7 +542,7 @@ async function main(): Promise<void> {
     console.error(`Cannot reach ${where}: ${reason}`);
     code = 1;
   }
-  end(code, out, link);
+  await end(code, out, link);
 }
 
 if (import.meta.main) main();

@@ -24,6 +24,7 @@ import {
   encodeLine,
   errorLine,
   type FlagRow,
+  LineConsole,
   logLine,
   networkReason,
   noticeLine,
@@ -63,9 +64,8 @@ export interface UdpServerOptions {
   print: (line: string) => void; // prints one log line
 }
 
-/** A chat peer: a name at an address, and when it was last heard. */
+// A chat peer: a name at an address, and when it was last heard.
 type Peer = { name: string; address: Deno.NetAddr; lastHeard: number };
-
 /** An address that sent a datagram: its rate limit, if it asked a month. */
 interface Sender {
   address: Deno.NetAddr;
@@ -77,8 +77,7 @@ interface Sender {
 /** A running UDP server. */
 export class UdpServer extends Stoppable {
   static readonly #utf8 = new TextDecoder("utf-8", { fatal: true });
-  /** Settles when the receive loop has ended. */
-  readonly finished: Promise<void>;
+  readonly finished: Promise<void>; // settles when receiving has ended
   readonly #trace: Trace;
   readonly #peers = new Map<string, Peer>(); // chat peers, by HOST:PORT
   readonly #room: ChatRoom<Peer>;
@@ -529,9 +528,11 @@ export function bannerLines(server: UdpServer): string[] {
 async function main(): Promise<void> {
   const options = argsOrExit(parseUdpServerArgs, USAGE);
   requireUdp();
+  const terminal = new LineConsole(); // a stalled console cannot stop it
+  const print = (line: string) => terminal.print(line);
   let server;
   try {
-    server = UdpServer.start(options);
+    server = UdpServer.start({ ...options, print });
   } catch (error) {
     const where = `${options.host}:${options.port}`;
     console.error(`Cannot listen on "${where}" (UDP): ${networkReason(error)}`);
@@ -539,9 +540,10 @@ async function main(): Promise<void> {
   }
   // Ready for Ctrl-C before the banner tells anyone the server is up.
   onStopSignals(() => server.stop());
-  bannerLines(server).forEach((line) => console.log(line));
+  bannerLines(server).forEach(print);
   await server.finished;
   await server.stop();
+  await terminal.close();
   Deno.exit(0);
 }
 

@@ -267,3 +267,75 @@ Deno.test("piped input loses no line at the default limits: seq 1 100 | client.t
   }
   assertEquals((await bot.status()).code, 0);
 });
+
+/** A free port for a spawned server (free a moment ago). */
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
+}
+
+/** Connects once the spawned server listens, within the time limit. */
+async function connectWhenUp(port: number): Promise<TestClient> {
+  const deadline = Date.now() + WAIT_MS;
+  while (true) {
+    try {
+      return await TestClient.connect(port);
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+}
+
+for (
+  const mode of [[], ["--iterative"], ["--service", "inventory"], [
+    "--service",
+    "inventory",
+    "--iterative",
+  ]]
+) {
+  Deno.test(`a server with a stalled console keeps serving and stops on SIGTERM within 3 s: server.ts ${mode.join(" ") || "(chat)"}`, async () => {
+    const port = freePort();
+    const args = ["run", "-A", "server.ts", "--host", "127.0.0.1"];
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [...args, "--port", String(port), "--rate-limit", "0", ...mode],
+      stdout: "piped", // and never read: the console stalls once it is full
+      stderr: "null",
+      stdin: "null",
+    }).spawn();
+    try {
+      await using client = await connectWhenUp(port);
+      const inventory = mode.includes("inventory");
+      // Enough log lines to fill the pipe many times over.
+      const lines = Array.from(
+        { length: 3000 },
+        (_, i) =>
+          inventory ? `add item${i % 50} 1` : `line ${i} ${"x".repeat(80)}`,
+      );
+      await client.write(lines.join("\n") + "\n");
+      if (inventory) {
+        for (let i = 0; i < 3000; i++) await client.next();
+      } else {
+        // Iterative: the next client is served once this one has gone.
+        if (mode.includes("--iterative")) client.close();
+        await using _other = await TestClient.join(port);
+      }
+      const start = performance.now();
+      child.kill("SIGTERM");
+      const status = await withLimit(child.status, "the server to stop");
+      const ms = performance.now() - start;
+      assert(ms < 3000, `it took ${Math.round(ms)} ms to stop`);
+      assertEquals(status.code, 0);
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // It has stopped.
+      }
+      await child.stdout.cancel();
+      await withLimit(child.status, "the server to be killed");
+    }
+  });
+}

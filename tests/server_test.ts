@@ -520,11 +520,6 @@ Deno.test("a room bigger than the announce limit stops announcing joins and leav
 });
 
 Deno.test({
-  // BUG (shared.ts, ChatRoom.leave): it asks #announces() after removing
-  // the member, so the leave that brings the room back down to the
-  // announce limit is announced ("* guest-3 left") to clients that were
-  // never told guest-3 joined.
-  ignore: true,
   name:
     "the leave that brings a big room back to the announce limit is not announced, as its join was not",
   async fn() {
