@@ -70,7 +70,9 @@ async function acceptLoop(
       continue;
     }
     server.options.trace?.(`accept ${addressText(conn.remoteAddr)}`);
-    if (server.options.iterative) {
+    // With a password or TLS, clients get in at once, then take turns
+    // (beyond the lab: one that never gets in must not block the others).
+    if (server.options.iterative && !server.takesTurns) {
       await serve(conn);
       const next = "waiting for the next client in the backlog";
       if (!server.stopping) server.log(next);
@@ -91,6 +93,7 @@ class Client {
   lastHeard = performance.now(); // when its last line came, for --idle-timeout
   leftBecause?: string; // set once, when it leaves, with the reason
   closed?: Promise<void>; // settles when its connection is closed
+  readonly served = Promise.withResolvers<void>(); // when it is all over
   greeted = false; // past TLS (if any), told what comes next
   admitted = false; // past TLS and the password (if any)
   admitTimer?: ReturnType<typeof setTimeout>; // closes it if it is too slow
@@ -173,6 +176,7 @@ abstract class TcpServer extends Stoppable {
   readonly #perAddress = new Map<string, number>(); // connections from each
   readonly guesses: Guesses; // wrong passwords from each address
   readonly #idleSweep;
+  #turn = Promise.resolve(); // iterative: settles when the last in line goes
   protected readonly pacesAll: boolean = true; // else only before /auth
 
   protected constructor(
@@ -214,26 +218,40 @@ abstract class TcpServer extends Stoppable {
       this.close(client, "too slow to get in");
     }, admitTimeoutMs);
     const onLine = (line: Frame) => this.#onLine(client, line);
-    const reason = await tlsHandshake(client) ??
-      (this.#greet(client), await receiveLines(client, this.options, onLine));
+    const noTls = await tlsHandshake(client); // why not, if it failed
+    if (!noTls) await this.#greet(client);
+    const reason = noTls ?? await receiveLines(client, this.options, onLine);
     this.close(client, reason);
     await client.closed;
+    client.served.resolve();
     const left = this.#perAddress.get(host)! - 1;
     if (left > 0) this.#perAddress.set(host, left);
     else this.#perAddress.delete(host);
   }
 
-  #greet(client: Client): void {
+  #greet(client: Client): void | Promise<void> {
     client.greeted = true;
     if (this.options.password) return this.askPassword(client);
-    this.letIn(client);
+    return this.letIn(client);
   }
 
   /** Past TLS and the password: a client may now use the service. */
-  letIn(client: Client): void {
+  letIn(client: Client): void | Promise<void> {
     clearTimeout(client.admitTimer);
     client.admitted = true;
-    this.admit(client);
+    if (!this.takesTurns) return this.admit(client);
+    // Iterative: its lines wait (unread) until the one before it has gone.
+    const turn = this.#turn;
+    this.#turn = turn.then(() => client.served.promise);
+    return turn.then(() => {
+      if (!client.leftBecause) this.admit(client);
+    });
+  }
+
+  /** Iterative with a password or TLS: admitted clients take turns. */
+  get takesTurns(): boolean {
+    const { iterative, password, tls } = this.options;
+    return iterative && (password !== undefined || tls !== undefined);
   }
 
   /** A line: too long, before the password, or the service's to handle. */
@@ -545,7 +563,11 @@ function dropIdle(server: TcpServer, client: Client): void {
 const PASSWORD_TRIES = 3;
 
 /** Before `/auth` with the right password, a client may do nothing else. */
-function authenticate(server: TcpServer, client: Client, line: string): void {
+function authenticate(
+  server: TcpServer,
+  client: Client,
+  line: string,
+): void | Promise<void> {
   const [command, given] = splitFirstWord(line.trim());
   if (command === "") return;
   if (command.toLowerCase() !== "/auth") {

@@ -172,16 +172,16 @@ Deno.test("a connection that does not get in (no /auth) is closed after the admi
   });
   await using silent = await TestClient.connect(room.port);
   await silent.lines.waitFor(/needs a password/);
-  // The iterative server serves one at a time: the next one waits.
   await using next = await TestClient.connect(room.port);
+  await next.lines.waitFor(/needs a password/);
+  await next.send("/auth s3cret");
+  await next.lines.waitFor(/^\* you are guest-/);
   assertEquals(
     await silent.lines.waitFor(/^!/),
     "! too slow to get in: disconnecting",
   );
   await silent.closedByServer();
-  await next.lines.waitFor(/needs a password/);
-  await next.send("/auth s3cret");
-  await next.lines.waitFor(/^\* you are guest-/);
+  await room.console.waitFor(/left \(too slow to get in\)/);
 });
 
 Deno.test("raw TCP to a TLS server never joins the room", async (t) => {
@@ -339,3 +339,27 @@ for (
     }
   });
 }
+
+Deno.test("iterative with a password: one that never authenticates keeps no one waiting; those who get in take turns", async () => {
+  await using room = startServer({ password: "s3cret", iterative: true });
+  await using silent = await TestClient.connect(room.port);
+  await silent.lines.waitFor(/needs a password/);
+  const start = performance.now();
+  await using first = await TestClient.connect(room.port);
+  await first.lines.waitFor(/needs a password/);
+  await first.send("/auth s3cret");
+  await first.lines.waitFor(/^\* you are guest-/);
+  const ms = performance.now() - start;
+  assert(ms < 1000, `the welcome took ${Math.round(ms)} ms`);
+  // The next one gets in at once too, then waits its turn, unread.
+  await using second = await TestClient.connect(room.port);
+  await second.lines.waitFor(/needs a password/);
+  await second.send("/auth s3cret");
+  await second.send("hello from second");
+  await first.send("/quit");
+  await first.closedByServer();
+  await second.lines.waitFor(/^\* you are guest-/);
+  await room.console.waitFor(
+    /^\S+ <guest-\d+> hello from second$|<guest-\d+> hello from second/,
+  );
+});
