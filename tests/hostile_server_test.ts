@@ -11,6 +11,7 @@ import {
   Spawned,
   startServer,
   TestClient,
+  UdpPeer,
   WAIT_MS,
 } from "./helpers.ts";
 
@@ -363,3 +364,70 @@ Deno.test("iterative with a password: one that never authenticates keeps no one 
     /^\S+ <guest-\d+> hello from second$|<guest-\d+> hello from second/,
   );
 });
+
+Deno.test("udp_server.ts with a stalled console keeps answering and stops on SIGTERM within 3 s", async () => {
+  const port = freePort();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "udp_server.ts",
+      "--host",
+      "127.0.0.1",
+      "--port",
+      String(port),
+      "--service",
+      "echo",
+      "--rate-limit",
+      "0",
+      "--trace", // a console line for every datagram: the pipe fills
+    ],
+    stdout: "piped", // and never read
+    stderr: "null",
+    stdin: "null",
+  }).spawn();
+  try {
+    await udpPortTaken(port);
+    await using peer = new UdpPeer(port);
+    for (let i = 0; i < 3000; i++) {
+      await peer.send(`echo ${i} ${"x".repeat(80)}`);
+    }
+    // UDP may drop some of a flood: ask until the question comes back.
+    let answered = false;
+    for (let tries = 0; tries < 10 && !answered; tries++) {
+      await peer.send("still there?");
+      answered = await peer.datagrams.waitFor(/^still there\?$/, 1000)
+        .then(() => true, () => false);
+    }
+    assert(answered, "the server stopped answering");
+    const start = performance.now();
+    child.kill("SIGTERM");
+    const status = await withLimit(child.status, "the server to stop");
+    const ms = performance.now() - start;
+    assert(ms < 3000, `it took ${Math.round(ms)} ms to stop`);
+    assertEquals(status.code, 0);
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // It has stopped.
+    }
+    await child.stdout.cancel();
+    await withLimit(child.status, "the server to be killed");
+  }
+});
+
+/** Waits until a server has bound this UDP port (binding it then fails). */
+async function udpPortTaken(port: number): Promise<void> {
+  const deadline = Date.now() + WAIT_MS;
+  while (true) {
+    try {
+      const hostname = "127.0.0.1";
+      Deno.listenDatagram({ hostname, port, transport: "udp" }).close();
+    } catch {
+      return; // taken: the server is up
+    }
+    assert(Date.now() < deadline, "the UDP server did not start");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
