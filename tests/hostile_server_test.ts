@@ -299,14 +299,9 @@ for (
 ) {
   Deno.test(`a server with a stalled console keeps serving and stops on SIGTERM within 3 s: server.ts ${mode.join(" ") || "(chat)"}`, async () => {
     const port = freePort();
-    const args = ["run", "-A", "server.ts", "--host", "127.0.0.1"];
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [...args, "--port", String(port), "--rate-limit", "0", ...mode],
-      stdout: "piped", // and never read: the console stalls once it is full
-      stderr: "null",
-      stdin: "null",
-    }).spawn();
-    try {
+    const flags = ["--rate-limit", "0", ...mode];
+    await using server = spawnUnread("server.ts", port, flags);
+    {
       await using client = await connectWhenUp(port);
       const inventory = mode.includes("inventory");
       // Enough log lines to fill the pipe many times over.
@@ -323,21 +318,8 @@ for (
         if (mode.includes("--iterative")) client.close();
         await using _other = await TestClient.join(port);
       }
-      const start = performance.now();
-      child.kill("SIGTERM");
-      const status = await withLimit(child.status, "the server to stop");
-      const ms = performance.now() - start;
-      assert(ms < 3000, `it took ${Math.round(ms)} ms to stop`);
-      assertEquals(status.code, 0);
-    } finally {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // It has stopped.
-      }
-      await child.stdout.cancel();
-      await withLimit(child.status, "the server to be killed");
     }
+    await server.stopsWithin(3000);
   });
 }
 
@@ -367,26 +349,10 @@ Deno.test("iterative with a password: one that never authenticates keeps no one 
 
 Deno.test("udp_server.ts with a stalled console keeps answering and stops on SIGTERM within 3 s", async () => {
   const port = freePort();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      "udp_server.ts",
-      "--host",
-      "127.0.0.1",
-      "--port",
-      String(port),
-      "--service",
-      "echo",
-      "--rate-limit",
-      "0",
-      "--trace", // a console line for every datagram: the pipe fills
-    ],
-    stdout: "piped", // and never read
-    stderr: "null",
-    stdin: "null",
-  }).spawn();
-  try {
+  // A console line for every datagram (--trace): the pipe fills.
+  const flags = ["--service", "echo", "--rate-limit", "0", "--trace"];
+  await using server = spawnUnread("udp_server.ts", port, flags);
+  {
     await udpPortTaken(port);
     await using peer = new UdpPeer(port);
     for (let i = 0; i < 3000; i++) {
@@ -400,21 +366,8 @@ Deno.test("udp_server.ts with a stalled console keeps answering and stops on SIG
         .then(() => true, () => false);
     }
     assert(answered, "the server stopped answering");
-    const start = performance.now();
-    child.kill("SIGTERM");
-    const status = await withLimit(child.status, "the server to stop");
-    const ms = performance.now() - start;
-    assert(ms < 3000, `it took ${Math.round(ms)} ms to stop`);
-    assertEquals(status.code, 0);
-  } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // It has stopped.
-    }
-    await child.stdout.cancel();
-    await withLimit(child.status, "the server to be killed");
   }
+  await server.stopsWithin(3000);
 });
 
 /** Waits until a server has bound this UDP port (binding it then fails). */
@@ -430,4 +383,46 @@ async function udpPortTaken(port: number): Promise<void> {
     assert(Date.now() < deadline, "the UDP server did not start");
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
+}
+
+/**
+ * Spawns a server whose stdout is piped and never read, so its console
+ * stalls once the pipe is full; `await using` kills it.
+ */
+function spawnUnread(script: string, port: number, flags: string[]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      script,
+      "--host",
+      "127.0.0.1",
+      "--port",
+      `${port}`,
+      ...flags,
+    ],
+    stdout: "piped",
+    stderr: "null",
+    stdin: "null",
+  }).spawn();
+  return {
+    /** SIGTERM: it must exit with 0 within `ms`. */
+    async stopsWithin(ms: number): Promise<void> {
+      const start = performance.now();
+      child.kill("SIGTERM");
+      const status = await withLimit(child.status, `${script} to stop`);
+      const took = performance.now() - start;
+      assert(took < ms, `${script} took ${Math.round(took)} ms to stop`);
+      assertEquals(status.code, 0);
+    },
+    async [Symbol.asyncDispose]() {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // It has stopped.
+      }
+      await child.stdout.cancel();
+      await withLimit(child.status, `${script} to be killed`);
+    },
+  };
 }
