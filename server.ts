@@ -631,6 +631,7 @@ export class Outbox {
   #pending: Uint8Array[] = [];
   #unsent = 0; // what is queued or being written, with PIECE_COST each
   #writing?: Promise<void>;
+  #joined = new Uint8Array(0); // joins big writes, reused
   #stopped = false; // closing, or the client has gone
 
   constructor(
@@ -666,12 +667,34 @@ export class Outbox {
     this.trace?.(`close ${this.label()}: ${reason}`);
   }
 
+  /**
+   * All the pieces in one buffer, in order: one write, not one each. Over
+   * 4 KiB, into this outbox's own buffer, kept for the next time: a fresh
+   * big buffer for each write doubled the burst's CPU (bench/README.md).
+   */
+  #join(pieces: Uint8Array[]): Uint8Array {
+    if (pieces.length === 1) return pieces[0];
+    const size = pieces.reduce((sum, piece) => sum + piece.length, 0);
+    if (size > 4096 && this.#joined.length < size) {
+      this.#joined = new Uint8Array(size);
+    }
+    const joined = size > 4096
+      ? this.#joined.subarray(0, size)
+      : new Uint8Array(size);
+    let offset = 0;
+    for (const piece of pieces) {
+      joined.set(piece, offset);
+      offset += piece.length;
+    }
+    return joined;
+  }
+
   async #writeQueued(): Promise<void> {
     await endOfTurn(); // what every read of this turn sends goes too
     while (this.#pending.length > 0) {
       const pieces = this.#pending;
       this.#pending = [];
-      const bytes = joinPieces(pieces);
+      const bytes = this.#join(pieces);
       try {
         const count = await writeAll(this.conn, bytes);
         const how = count > 1 ? `sent in ${count} writes` : "all sent";
@@ -693,19 +716,6 @@ function endOfTurn(): Promise<void> {
   return turnEnds ??= new Promise((resolve) =>
     setTimeout(() => resolve(turnEnds = undefined), 0)
   );
-}
-
-/** One buffer of all the pieces, in order: one write, not one each. */
-function joinPieces(pieces: Uint8Array[]): Uint8Array {
-  if (pieces.length === 1) return pieces[0];
-  const size = pieces.reduce((sum, piece) => sum + piece.length, 0);
-  const joined = new Uint8Array(size);
-  let offset = 0;
-  for (const piece of pieces) {
-    joined.set(piece, offset);
-    offset += piece.length;
-  }
-  return joined;
 }
 
 // --- The inventory service: one request and one JSON reply per line ---------
