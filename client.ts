@@ -21,6 +21,7 @@ import {
   DEFAULT_PORT,
   encodeLine,
   errorLine,
+  hostArgument,
   INVENTORY,
   isClosedByUs,
   LINE_TOO_LONG,
@@ -477,7 +478,9 @@ export function parseClientArgs(args: string[]) {
   const words = [...flags._];
   const hasHost = words.length > 0 && !(service === "inventory" &&
     INVENTORY.actions.includes(words[0].toLowerCase()));
-  const host = hasHost ? hostArgument(words.shift()!) : "localhost";
+  const host = hasHost
+    ? hostArgument(words.shift()!, "client.ts")
+    : "localhost";
   if (words.length > 0 && service === "chat") {
     throw new UsageError(`Unexpected argument "${words[0]}"`);
   }
@@ -493,19 +496,6 @@ export function parseClientArgs(args: string[]) {
     help: flags.help,
     trace: flags.trace === true,
   };
-}
-
-/** The HOST argument: a name or an address. @throws {UsageError} if not */
-function hostArgument(text: string): string {
-  const host = text.replace(/^\[(.*)\]$/, "$1"); // [::1] is ::1
-  // A name or IPv4 address (no colon), or an IPv6 one (two colons at least).
-  if (/^[\w.-]+$|^[\da-f.]*:[\da-f.]*:[\w.:%]*$/i.test(host)) return host;
-  // 127.0.0.1:9999, [::1]:9999: the port has a flag of its own.
-  const [, name, port] = /^\[?([^\]/]+?)\]?:(\d+)$/.exec(text) ?? [];
-  const fix = port
-    ? `give the port with --port: use "client.ts ${name} --port ${port}"`
-    : "use a name or an address, such as 192.168.0.101";
-  throw new UsageError(`Invalid host "${text}": ${fix}`);
 }
 
 async function main(): Promise<void> {

@@ -523,6 +523,19 @@ function checkFlag(name: string, row: FlagRow, text: string): string | number {
 /** @throws {UsageError} unless `text` is a whole number from 0 to 65535 */
 export const parsePort = (text: string) =>
   checkFlag("port", { port: true }, text) as number;
+/** The HOST argument: a name or an address. @throws {UsageError} if not */
+export function hostArgument(text: string, script: string): string {
+  const host = text.replace(/^\[(.*)\]$/, "$1"); // [::1] is ::1
+  // A name or IPv4 address (no colon), or an IPv6 one (two colons at least).
+  if (/^[\w.-]+$|^[\da-f.]*:[\da-f.]*:[\w.:%]*$/i.test(host)) return host;
+  // 127.0.0.1:9999, [::1]:9999: the port has a flag of its own.
+  const [, name, port] = /^\[?([^\]/]+?)\]?:(\d+)$/.exec(text) ?? [];
+  const fix = port
+    ? `give the port with --port: use "${script} ${name} --port ${port}"`
+    : "use a name or an address, such as 192.168.0.101";
+  throw new UsageError(`Invalid host "${text}": ${fix}`);
+}
+
 /** Checks a --name flag. @throws {UsageError} for an invalid name */
 export function nameFlag(value: unknown): string | undefined {
   if (value === undefined) return undefined;

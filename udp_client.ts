@@ -24,6 +24,7 @@ import {
   encodeLine,
   errorLine,
   type FlagRow,
+  hostArgument,
   LineConsole,
   nameFlag,
   nameProblem,
@@ -504,7 +505,7 @@ function hostAndQuestion(
   if (question !== undefined && !/^-?\d+$/.test(question)) {
     throw new UsageError(`Invalid month "${question}": give a whole number`);
   }
-  return [host, question];
+  return [hostArgument(host, "udp_client.ts"), question];
 }
 
 /** Closes the socket and the console, then exits with `code`. */

@@ -360,3 +360,12 @@ Deno.test("udp_client.ts knows its server's replies however the IPv6 address is 
   assertEquals(await exitCode(client), 0);
   assertEquals(client.stdout.all, ["March"]);
 });
+
+Deno.test("udp_client.ts HOST:PORT is a usage error that says how to give the port", async () => {
+  await using client = Spawned.script("udp_client.ts", ["127.0.0.1:9999"]);
+  assertEquals(await exitCode(client), 2);
+  assertEquals(
+    client.stderr.all[0],
+    'Invalid host "127.0.0.1:9999": give the port with --port: use "udp_client.ts 127.0.0.1 --port 9999"',
+  );
+});
