@@ -7,6 +7,7 @@
 import { assert, assertEquals } from "@std/assert";
 import { Outbox } from "../server.ts";
 import {
+  closedPort,
   makeCertificate,
   Spawned,
   startServer,
@@ -269,14 +270,6 @@ Deno.test("piped input loses no line at the default limits: seq 1 100 | client.t
   assertEquals((await bot.status()).code, 0);
 });
 
-/** A free port for a spawned server (free a moment ago). */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  listener.close();
-  return port;
-}
-
 /** Connects once the spawned server listens, within the time limit. */
 async function connectWhenUp(port: number): Promise<TestClient> {
   const deadline = Date.now() + WAIT_MS;
@@ -298,7 +291,7 @@ for (
   ]]
 ) {
   Deno.test(`a server with a stalled console keeps serving and stops on SIGTERM within 3 s: server.ts ${mode.join(" ") || "(chat)"}`, async () => {
-    const port = freePort();
+    const port = closedPort();
     const flags = ["--rate-limit", "0", ...mode];
     await using server = spawnUnread("server.ts", port, flags);
     {
@@ -348,7 +341,7 @@ Deno.test("iterative with a password: one that never authenticates keeps no one 
 });
 
 Deno.test("udp_server.ts with a stalled console keeps answering and stops on SIGTERM within 3 s", async () => {
-  const port = freePort();
+  const port = closedPort();
   // A console line for every datagram (--trace): the pipe fills.
   const flags = ["--service", "echo", "--rate-limit", "0", "--trace"];
   await using server = spawnUnread("udp_server.ts", port, flags);
