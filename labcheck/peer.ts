@@ -1,0 +1,277 @@
+/**
+ * labcheck's peers: a TCP connection and a UDP socket that keep what they
+ * receive as lines, and a watcher for a program's output. Every wait has a
+ * time limit, so a silent or dead program ends a check, never the run.
+ * @module
+ */
+
+import { type Frame, LINE_TOO_LONG, LineFramer } from "../shared.ts";
+import { networkReason } from "../shared.ts";
+
+/** The longest line a peer keeps whole; a longer one is counted, not kept. */
+const MAX_LINE = 64 * 1024;
+/** Lines kept for a check to look at (the oldest go first). */
+const KEPT_LINES = 5000;
+/** A token labcheck makes: `lc` four hex digits `x` a count (`lc3fa9x12`). */
+const TOKEN = /lc[0-9a-f]{4}x\d+/g;
+
+const run = crypto.getRandomValues(new Uint16Array(1))[0].toString(16)
+  .padStart(4, "0");
+let made = 0;
+/** A new unique token: lines are told apart by the tokens they carry. */
+export const token = () => `lc${run}x${++made}`;
+
+/** Settles after `ms`: for the pause that splits a write in two. */
+export const pause = (ms: number) =>
+  new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** Waits for `promise` at most `ms`; then `undefined`. */
+export async function within<T>(
+  promise: Promise<T>,
+  ms: number,
+): Promise<T | undefined> {
+  let timer;
+  const late = new Promise<undefined>((done) =>
+    timer = setTimeout(() => done(undefined), ms)
+  );
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Lines as they arrive, with the count of each token seen, and waits
+ * that end when a condition holds, the stream ends, or the time is up.
+ */
+export class Lines {
+  readonly kept: string[] = [];
+  readonly tokens = new Map<string, number>();
+  bytes = 0; // all received, lines or not
+  total = 0; // lines received, kept or not
+  ended = false;
+  #waiters = new Set<() => void>();
+
+  add(line: string): void {
+    this.total++;
+    if (this.kept.push(line) > KEPT_LINES) this.kept.shift();
+    for (const [found] of line.matchAll(TOKEN)) {
+      this.tokens.set(found, (this.tokens.get(found) ?? 0) + 1);
+    }
+    this.wake();
+  }
+  /** How many lines held `tokenText`. */
+  count(tokenText: string): number {
+    return this.tokens.get(tokenText) ?? 0;
+  }
+  /** The lines that hold `tokenText`. */
+  with(tokenText: string): string[] {
+    return this.kept.filter((line) => line.includes(tokenText));
+  }
+  end(): void {
+    this.ended = true;
+    this.wake();
+  }
+  wake(): void {
+    for (const waiter of [...this.#waiters]) waiter();
+  }
+  /** Waits until `holds()` is true: @returns false at the time limit */
+  async until(holds: () => boolean, ms: number): Promise<boolean> {
+    if (holds()) return true;
+    let wake = () => {};
+    const done = new Promise<boolean>((resolve) => {
+      wake = () => {
+        if (holds()) resolve(true);
+        else if (this.ended) resolve(false);
+      };
+      this.#waiters.add(wake);
+    });
+    const result = await within(done, ms);
+    this.#waiters.delete(wake);
+    return result ?? holds();
+  }
+  /** Waits for a token: @returns false if it did not come in time */
+  has(tokenText: string, ms: number): Promise<boolean> {
+    return this.until(() => this.count(tokenText) > 0, ms);
+  }
+}
+
+/**
+ * Reads a stream (a connection, a program's output) into `lines`, line
+ * by line: @returns why it ended, if by an error
+ */
+export async function readLines(
+  stream: ReadableStream<Uint8Array>,
+  lines: Lines,
+): Promise<string | undefined> {
+  const framer = new LineFramer(MAX_LINE);
+  const add = (frames: Frame[]) => {
+    for (const line of frames) lines.add(line === LINE_TOO_LONG ? "" : line);
+  };
+  try {
+    for await (const chunk of stream) {
+      lines.bytes += chunk.length;
+      add(framer.push(chunk));
+      lines.wake(); // bytes came, lines or not
+    }
+    add(framer.end());
+  } catch (error) {
+    return networkReason(error);
+  }
+}
+
+/** A line decoded as a terminal would show its bytes. */
+const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+
+/** A TCP connection to the program under test. */
+export class TcpPeer {
+  readonly lines = new Lines();
+  /** Why the connection ended ("closed by the server", "reset"), once it has. */
+  endedBecause?: string;
+  #closedByUs = false;
+
+  private constructor(readonly conn: Deno.Conn, reading: boolean) {
+    (conn as Deno.TcpConn).setNoDelay?.(true); // each write leaves at once
+    if (reading) this.#read();
+  }
+
+  /** A connection labcheck's own server accepted. */
+  static accepted(conn: Deno.Conn): TcpPeer {
+    return new TcpPeer(conn, true);
+  }
+
+  /**
+   * Connects, or throws an Error saying why not. A peer that is not
+   * `reading` never reads: its unread bytes make its close a reset.
+   */
+  static async connect(
+    host: string,
+    port: number,
+    { reading = true, ms = 5000 } = {},
+  ): Promise<TcpPeer> {
+    const connecting = Deno.connect({ hostname: host, port });
+    const conn = await within(connecting, ms).catch((error) => {
+      throw new Error(`cannot connect: ${networkReason(error)}`);
+    });
+    if (!conn) {
+      connecting.then((late) => late.close(), () => {});
+      throw new Error(`cannot connect: no answer in ${ms / 1000} s`);
+    }
+    return new TcpPeer(conn, reading);
+  }
+
+  get open(): boolean {
+    return this.endedBecause === undefined;
+  }
+
+  /** Writes text or bytes, all of them: @returns false if it failed */
+  async write(data: string | Uint8Array, ms = 5000): Promise<boolean> {
+    const bytes = typeof data === "string"
+      ? new TextEncoder().encode(data)
+      : data;
+    const writing = (async () => {
+      for (let sent = 0; sent < bytes.length;) {
+        sent += await this.conn.write(bytes.subarray(sent));
+      }
+      return true;
+    })().catch(() => false);
+    return await within(writing, ms) ?? false;
+  }
+
+  /** Writes `data` in pieces, with a pause between them. */
+  async writeInPieces(pieces: (string | Uint8Array)[], gapMs = 200) {
+    for (const [i, piece] of pieces.entries()) {
+      if (i > 0) await pause(gapMs);
+      if (!await this.write(piece)) return false;
+    }
+    return true;
+  }
+
+  /** Waits until the server ends the connection: @returns false if not */
+  ends(ms: number): Promise<boolean> {
+    return this.lines.until(() => !this.open, ms);
+  }
+
+  close(): void {
+    this.#closedByUs = true;
+    try {
+      this.conn.close();
+    } catch {
+      // Closed already.
+    }
+  }
+
+  async #read(): Promise<void> {
+    const failed = await readLines(this.conn.readable, this.lines);
+    this.endedBecause = this.#closedByUs
+      ? "closed by labcheck"
+      : failed ?? "closed by the server";
+    this.lines.end();
+  }
+}
+
+/** A UDP socket that sends to the program under test, and keeps its replies. */
+export class UdpPeer {
+  readonly lines = new Lines();
+  readonly socket: Deno.DatagramConn;
+  #target: Deno.NetAddr;
+
+  constructor(host: string, port: number) {
+    const hostname = host.includes(":") ? "::" : "0.0.0.0";
+    this.socket = Deno.listenDatagram({ hostname, port: 0, transport: "udp" });
+    this.#target = { transport: "udp", hostname: host, port };
+    this.#receive();
+  }
+
+  /** Sends one datagram: @returns false if it could not be sent */
+  async send(data: string | Uint8Array): Promise<boolean> {
+    const bytes = typeof data === "string"
+      ? new TextEncoder().encode(data)
+      : data;
+    return await this.socket.send(bytes, this.#target).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  /**
+   * Sends `request` until a reply that `answers` comes (UDP may lose
+   * either): @returns that reply, or undefined after `tries`
+   */
+  async ask(
+    request: string | Uint8Array,
+    answers: (line: string) => boolean = () => true,
+    { tries = 4, ms = 1000 } = {},
+  ): Promise<string | undefined> {
+    for (let i = 0; i < tries; i++) {
+      const start = this.lines.kept.length;
+      const fresh = () => this.lines.kept.slice(start).find(answers);
+      await this.send(request);
+      if (await this.lines.until(() => fresh() !== undefined, ms)) {
+        return fresh();
+      }
+    }
+  }
+
+  close(): void {
+    try {
+      this.socket.close();
+    } catch {
+      // Closed already.
+    }
+  }
+
+  async #receive(): Promise<void> {
+    try {
+      for await (const [bytes] of this.socket) {
+        this.lines.bytes += bytes.length;
+        const text = decode(bytes).replace(/\r?\n$/, "");
+        for (const line of text.split(/\r?\n/)) this.lines.add(line);
+      }
+    } catch {
+      // Closed by labcheck, or an error the next send will meet.
+    }
+    this.lines.end();
+  }
+}
