@@ -108,6 +108,7 @@ class Program {
 
 class ClientChecks {
   server?: TcpPeer; // labcheck's end of the client's connection
+  receiving = true; // false once it has shown it no longer receives
   constructor(readonly report: Report, readonly program: Program) {}
 
   /** Did a line with `sent` show in the client's output in time? */
@@ -263,6 +264,7 @@ class ClientChecks {
         "a UTF-8 character split across writes shows intact, and the client goes on",
       );
     }
+    this.receiving = goesOn;
     const [got] = output.with(sent);
     const what = !goesOn
       ? `after a UTF-8 character split across writes, the client showed nothing more${this.program.lastError()}`
@@ -285,6 +287,9 @@ class ClientChecks {
         check,
         `the client had exited already (code ${program.exitCode})`,
       );
+    }
+    if (!this.receiving) {
+      return report.skip(check, "the client no longer receives (see above)");
     }
     const [before, cpu] = [
       program.stdout.total + program.stderr.total,

@@ -193,6 +193,16 @@ export class TcpPeer {
     return this.lines.until(() => !this.open, ms);
   }
 
+  /**
+   * Leaves politely: closes its side (the server reads the end of the
+   * stream), waits a moment for the server to close its own, then closes.
+   */
+  async leaves(ms = 2000): Promise<void> {
+    await this.conn.closeWrite().catch(() => {});
+    await this.ends(ms);
+    this.close();
+  }
+
   close(): void {
     this.#closedByUs = true;
     try {
