@@ -16,7 +16,6 @@
 import {
   addressText,
   argsOrExit,
-  chooseColors,
   cleanText,
   DEFAULT_PORT,
   encodeLine,
@@ -501,7 +500,6 @@ export function parseClientArgs(args: string[]) {
 async function main(): Promise<void> {
   const options = argsOrExit(parseClientArgs, USAGE);
   const { host, port, tls, caFile } = options;
-  chooseColors();
   // The console: lines typed or piped in below, lines printed above.
   const io = new LineConsole();
   // --trace: at a terminal, dimmed above the typed line; else on stderr.

@@ -2,7 +2,7 @@
 // deno-lint-ignore-file no-control-regex -- see "Text cleaning"
 
 import { createHash, timingSafeEqual } from "node:crypto";
-import process from "node:process";
+import { stdin, stdout } from "node:process";
 import * as readline from "node:readline";
 import { Writable } from "node:stream";
 import { parseArgs } from "@std/cli/parse-args";
@@ -11,18 +11,16 @@ import * as stdColors from "@std/fmt/colors";
 export const DEFAULT_PORT = 9999; // the lab's port, for TCP and for UDP
 
 // --- Framing: a TCP byte stream into lines ---
-export const MAX_LINE_BYTES = 4096; // the longest line a peer may send
+export const MAX_LINE_BYTES = 4096; // a peer's longest line (bounds memory)
 /** Stands where a peer sent a line longer than the limit (it is dropped). */
 export const LINE_TOO_LONG: unique symbol = Symbol("line too long");
 export type Frame = string | typeof LINE_TOO_LONG;
 const [LF, CR] = [0x0a, 0x0d];
 const NOTHING = new Uint8Array(0);
-// Decodes whole lines only, never part of a character: it keeps no state.
-const decoder = new TextDecoder();
-const encoder = new TextEncoder();
-// A read holds half a line, or several, or half a character: lines end at
-// LF, CRLF or CR. One too long is dropped, so memory stays bounded.
-/** Splits a TCP byte stream into lines. */
+// The decoder decodes whole lines only, never part of a character: no state.
+const [decoder, encoder] = [new TextDecoder(), new TextEncoder()];
+/** Splits a TCP byte stream into lines (LF, CRLF or CR end them). A read may
+ * hold half a line, several, or half a character. One too long is dropped. */
 export class LineFramer {
   #kept = NOTHING; // the start of a line whose end has not come yet
   #dropping = false; // inside a line that was too long
@@ -36,7 +34,7 @@ export class LineFramer {
     const lines: Frame[] = [];
     // The LF of a CRLF split between two reads: the CR ended the line.
     let start = this.#afterCR && chunk[0] === LF ? 1 : 0;
-    this.#afterCR = false;
+    this.#afterCR = chunk.at(-1) === CR; // a CR always ends a line
     let cr = -2; // the next CR (-1: none), looked for again once passed
     while (true) {
       const lf = chunk.indexOf(LF, start);
@@ -44,9 +42,7 @@ export class LineFramer {
       const end = cr >= 0 && (lf < 0 || cr < lf) ? cr : lf;
       if (end < 0) break;
       this.#endLine(chunk.subarray(start, end), lines);
-      start = end + 1;
-      if (end === cr && start === chunk.length) this.#afterCR = true;
-      else if (end === cr && chunk[start] === LF) start++;
+      start = end + (end === cr && chunk[end + 1] === LF ? 2 : 1);
     }
     this.#keep(chunk.subarray(start), lines);
     return lines;
@@ -97,13 +93,12 @@ export type Trace = ((step: string) => void) | undefined;
 // Terminal escapes (CSI, OSC, two-byte ESC), then the controls left: C0, DEL,
 // C1, the bidi overrides. (Matching them is the point: no-control-regex off.)
 const ESCAPES =
-  /\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -~]?/g;
-const CONTROLS = /[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g;
-const UNSAFE = /[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/;
+  /\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -~]?/;
+const CONTROLS = /[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/;
+const UNSAFE = new RegExp(`${ESCAPES.source}|${CONTROLS.source}`, "g");
 /** Strips escapes and controls, tabs become spaces; Unicode passes as is. */
 export function cleanText(text: string): string {
-  if (!UNSAFE.test(text)) return text; // most lines: one test, no copy
-  return text.replace(ESCAPES, "").replace(CONTROLS, "").replaceAll("\t", " ");
+  return text.replace(UNSAFE, (unsafe) => unsafe === "\t" ? " " : "");
 }
 // The line formats: a message from NAME, a notice, an error to one client.
 export const messageLine = (name: string, text: string) => `<${name}> ${text}`;
@@ -148,9 +143,8 @@ export function parseChatInput(rawLine: string): ChatInput {
 }
 /** Splits `NAME TEXT` into the first word and the rest. */
 export function splitFirstWord(text: string): [string, string] {
-  const space = text.indexOf(" ");
-  if (space < 0) return [text, ""];
-  return [text.slice(0, space), text.slice(space + 1).trim()];
+  const [first, ...rest] = text.split(" ");
+  return [first, rest.join(" ").trim()];
 }
 /** Why `name` is not a valid name (1 to 24 of A-Z a-z 0-9 - _ .), if not. */
 export function nameProblem(name: string): string | undefined {
@@ -217,7 +211,11 @@ export class ChatRoom<Member extends { name: string }> {
   handle(member: Member, line: string): void {
     const input = parseChatInput(line);
     if (input.kind === "empty") return;
-    if (input.kind === "message") return this.say(member, input.text);
+    if (input.kind === "message") {
+      const said = messageLine(member.name, input.text);
+      this.out.show(said);
+      return this.out.broadcast(said, member);
+    }
     const { command, rest } = input;
     if (command === "/nick") return this.#rename(member, rest);
     if (command === "/who") return this.out.send(member, this.whoLine());
@@ -232,12 +230,6 @@ export class ChatRoom<Member extends { name: string }> {
     } else {
       this.#error(member, `unknown command "${command}": ${SEE_HELP}`);
     }
-  }
-  /** A message to everyone but its sender. */
-  say(member: Member, text: string): void {
-    const line = messageLine(member.name, text);
-    this.out.show(line);
-    this.out.broadcast(line, member);
   }
   /** The member has gone (`reason` says why): tell the others. */
   leave(member: Member, reason: string): void {
@@ -295,8 +287,6 @@ export class ChatRoom<Member extends { name: string }> {
     do name = `guest-${++this.#guests}`; while (this.nameProblem(name));
     return name;
   }
-  // Small helpers: a notice to one, a notice to all (but `except`), an
-  // error to one; whether joins are told; names; the operator.
   #tell = (to: Member, text: string) => this.out.send(to, noticeLine(text));
   #announce = (text: string, except?: Member) =>
     this.out.broadcast(noticeLine(text), except);
@@ -309,22 +299,19 @@ export class ChatRoom<Member extends { name: string }> {
     this.options.operator ? [`${this.options.operator} (operator)`] : [];
 }
 
-// --- The console: lines typed below, lines printed above ---
-// A console not read (a pipe, a full FIFO, a paused terminal: issue 14)
-// must stall nothing: stdout gets async writes, one in flight at a time.
-// What waits for them is capped: past the cap a line is dropped, and counted.
-const CONSOLE_MAX_PENDING = 256 * 1024; // characters, a line end counting one
-const CLOSE_WAIT_MS = 1000; // how long close() waits for a console not read
+// --- The console: lines typed below, lines printed above, in colors ---
+// A console not read (a pipe, a full FIFO, a paused terminal: issue 14) stalls
+// nothing: one async write at a time; past a cap, lines are dropped, counted.
+const MAX_PENDING = 256 * 1024; // characters of printed lines, line ends too
 const droppedLine = (count: number) =>
-  `(${count} console lines dropped: the console was not read)`;
+  `(${count} console lines dropped: the console was not read)\n`;
 /** The console, on `node:readline`: printed lines go above the typed one. */
 export class LineConsole {
   readonly terminal = Deno.stdin.isTerminal() && Deno.stdout.isTerminal();
   onInterrupt: () => unknown = () => Deno.exit(130); // Ctrl-C at a terminal
   #rl?: readline.Interface;
   #lines?: AsyncIterator<string>;
-  #pending: string[] = []; // printed lines, not yet written
-  #pendingSize = 0;
+  #pending = ""; // printed lines, not yet written
   #dropped = 0; // lines dropped since the last ones were written
   #out = ""; // readline's text (prompt, echo), not yet written
   #writing = false; // a write is in flight: what comes waits for it
@@ -334,31 +321,29 @@ export class LineConsole {
   constructor(readonly prompt = "> ") {}
   /** Prints a line once this turn of the event loop ends: one write a turn. */
   print(line: string): void {
-    if (this.#pendingSize >= CONSOLE_MAX_PENDING) return void this.#dropped++;
-    this.#pendingSize += line.length + 1;
-    if (this.#pending.push(line) === 1) setTimeout(() => this.#flush(), 0);
+    if (this.#pending.length >= MAX_PENDING) return void this.#dropped++;
+    if (this.#pending === "") setTimeout(() => this.#send(), 0);
+    this.#pending += line + "\n";
   }
   /** The next line typed or piped in (after `prompt`); undefined at the end. */
   async next(prompt = this.prompt): Promise<string | undefined> {
     const rl = this.#open();
-    this.#flush();
+    this.#send(); // the lines printed so far go out before the prompt
     rl.setPrompt(paintDim(prompt));
     if (this.terminal && !this.#ended) rl.prompt(true);
     const { value, done } = await this.#lines!.next();
     rl.setPrompt(paintDim(this.prompt));
     return done ? undefined : value;
   }
-  async readLines(onLine: (line: string) => unknown): Promise<void> {
-    let line;
-    while ((line = await this.next()) !== undefined) await onLine(line);
+  async readLines(each: (line: string) => unknown): Promise<void> {
+    for (let line; (line = await this.next()) !== undefined;) await each(line);
   }
   /** Asks for a secret at the terminal, not echoed; undefined elsewhere. */
   async askSecret(question: string): Promise<string | undefined> {
     if (!this.terminal) return undefined;
     const answering = this.next(question); // it draws the question at once
     this.#muted = true; // and what is typed from now on is not echoed
-    const answer = await answering;
-    this.#muted = false;
+    const answer = await answering.finally(() => this.#muted = false);
     this.#send("\n");
     // readline keeps typed lines for the Up key: not this one.
     const { history } = this.#rl as unknown as { history: string[] };
@@ -371,40 +356,31 @@ export class LineConsole {
     const open = this.#rl && !this.#ended;
     this.#ended = true; // from now on the prompt is not drawn again
     this.#send(open && this.terminal ? "\r\x1b[K" : ""); // its line cleared
-    let timer;
-    const late = new Promise((done) => timer = setTimeout(done, CLOSE_WAIT_MS));
-    await Promise.race([this.#written, late]);
-    clearTimeout(timer);
-    // At a terminal, closing waits for stdout to drain (it leaves raw
-    // mode): not on a console not read. Deno.exit leaves raw mode too.
+    const late = new Promise((done) => setTimeout(done, 1000));
+    await Promise.race([this.#written, late]); // exit follows: timer left as is
+    // rl.close() would wait for an unread stdout; Deno.exit leaves raw mode.
     if (open && !this.#writing) this.#rl!.close();
   }
   #open(): readline.Interface {
     if (this.#rl) return this.#rl;
-    const { terminal } = this;
-    // What readline draws at a terminal (prompt, echo) waits its turn too,
-    // but nothing while a secret is typed: it is not echoed.
+    // readline's drawing (prompt, echo) waits its turn too; muted for a secret.
     const write = (chunk: unknown, _: unknown, done: () => void) => {
       if (!this.#muted) this.#send(String(chunk));
       done();
     };
     const screen = Object.defineProperty(new Writable({ write }), "columns", {
-      get: () => process.stdout.columns, // where a long typed line wraps
+      get: () => stdout.columns, // where a long typed line wraps
     });
-    const output = terminal ? screen : undefined;
-    const input = process.stdin;
-    const rl = readline.createInterface({ input, output, terminal });
+    const { terminal } = this, output = terminal ? screen : undefined;
+    const rl = readline.createInterface({ input: stdin, output, terminal });
     rl.on("SIGINT", () => this.onInterrupt());
     rl.on("close", () => this.#ended = true); // Ctrl-D, or the end of a pipe
     this.#lines = rl[Symbol.asyncIterator]();
     return this.#rl = rl;
   }
-  #send(text: string): void {
+  /** Writes what waits, with `text`; while a write is in flight, after it. */
+  #send(text = ""): void {
     this.#out += text;
-    this.#flush();
-  }
-  /** Writes what waits, unless a write is in flight: it comes after that. */
-  #flush(): void {
     if (!this.#writing) this.#written = this.#write();
   }
   async #write(): Promise<void> {
@@ -415,35 +391,28 @@ export class LineConsole {
     }
     this.#writing = false;
   }
-  /** What waits, as one text: printed lines above the prompt, and once a
-   * write has gone through, how many lines were dropped before it. */
+  /** What waits, as one text: printed lines (and drops) above the prompt. */
   #take(): string {
-    if (this.#dropped > 0) this.#pending.push(droppedLine(this.#dropped));
-    const text = [...this.#pending, ""].join("\n");
-    const atPrompt = text && this.terminal && this.#rl && !this.#ended;
-    this.#out += atPrompt ? "\r\x1b[K" + text : text;
-    [this.#pending, this.#pendingSize, this.#dropped] = [[], 0, 0];
+    if (this.#dropped > 0) this.#pending += droppedLine(this.#dropped);
+    const atPrompt = this.#pending && this.terminal && this.#rl && !this.#ended;
+    this.#out += (atPrompt ? "\r\x1b[K" : "") + this.#pending;
+    [this.#pending, this.#dropped] = ["", 0];
     if (atPrompt) this.#rl!.prompt(true); // redrawn: into #out, as it waits
     const out = this.#out;
     this.#out = "";
     return out;
   }
 }
-
-// --- Colors ---
+// Colors: those of the std module, which is JavaScript without types.
 type Paint = (text: string) => string;
-// The std module is JavaScript without types: typed here, where it enters.
 type Colors = Record<string, Paint> & { setColorEnabled(on: boolean): void };
 const colors = stdColors as unknown as Colors;
 const NAME_COLORS = ["green", "yellow", "blue", "magenta", "cyan"]
   .flatMap((hue) => [hue, `bright${hue[0].toUpperCase()}${hue.slice(1)}`]);
 /** Paints an error of ours, and a secondary text (hints, prompts). */
-export const paintError: Paint = (text) => colors.red(text);
-export const paintDim: Paint = (text) => colors.dim(text);
-/** Colors only for a terminal, and never when NO_COLOR is set. */
-export function chooseColors(): void {
-  colors.setColorEnabled(Deno.stdout.isTerminal() && !Deno.noColor);
-}
+export const { red: paintError, dim: paintDim } = colors;
+// Colors only for a terminal, and never when NO_COLOR is set.
+colors.setColorEnabled(Deno.stdout.isTerminal() && !Deno.noColor);
 /** Paints a line from a chat server: each name its own color, always. */
 export function paintChatLine(line: string): string {
   if (line.startsWith("* ")) return colors.dim(line);
@@ -480,22 +449,19 @@ export function parseFlags(
   table: Record<string, FlagRow>,
   positionals = Infinity,
 ): Flags {
-  const boolean = ["help"];
-  const string: string[] = [];
+  const boolean = ["help"], string: string[] = [];
   const alias: Record<string, string> = { h: "help" };
-  const defaults: Record<string, string> = {};
   for (const [name, row] of Object.entries(table)) {
     (row.on ? boolean : string).push(name);
     if (row.short) alias[row.short] = name;
-    if (row.default) defaults[name] = row.default;
   }
-  const spec = { boolean, string, alias, default: defaults };
-  const parsed = parseArgs(args, { ...spec, unknown: refuseUnknown }) as Flags;
+  const spec = { boolean, string, alias, unknown: refuseUnknown };
+  const parsed = parseArgs(args, spec) as Flags;
   if (parsed._.length > positionals) {
     throw new UsageError(`Unexpected argument "${parsed._[positionals]}"`);
   }
   for (const [name, row] of Object.entries(table)) {
-    const text = parsed[name];
+    const text = parsed[name] ?? row.default; // a default is checked too
     if (typeof text === "string") parsed[name] = checkFlag(name, row, text);
   }
   return { ...parsed, _: parsed._.map(String) };
@@ -515,14 +481,10 @@ function checkFlag(name: string, row: FlagRow, text: string): string | number {
   if (!range) return text;
   const [min, max, kind] = range;
   const pattern = kind ? /^\d+(\.\d+)?$|^\.\d+$/ : /^\d+$/;
-  const value = Number(text);
-  if (pattern.test(text) && value >= min && value <= max) return value;
+  if (pattern.test(text) && +text >= min && +text <= max) return +text;
   const what = kind ? "a number" : "a whole number";
   throw new UsageError(`${bad} ${what} from ${min} to ${max}`);
 }
-/** @throws {UsageError} unless `text` is a whole number from 0 to 65535 */
-export const parsePort = (text: string) =>
-  checkFlag("port", { port: true }, text) as number;
 /** The HOST argument: a name or an address. @throws {UsageError} if not */
 export function hostArgument(text: string, script: string): string {
   const host = text.replace(/^\[(.*)\]$/, "$1"); // [::1] is ::1
@@ -535,7 +497,6 @@ export function hostArgument(text: string, script: string): string {
     : "use a name or an address, such as 192.168.0.101";
   throw new UsageError(`Invalid host "${text}": ${fix}`);
 }
-
 /** Checks a --name flag. @throws {UsageError} for an invalid name */
 export function nameFlag(value: unknown): string | undefined {
   if (value === undefined) return undefined;
@@ -561,7 +522,6 @@ export function argsOrExit<Options extends { help: boolean }>(
 }
 
 // --- Errors, signals, stopping, addresses ---
-// The network errors a user can meet, by the error's name.
 const REASONS: Record<string, string> = {
   ConnectionRefused:
     "connection refused (is the server running, and on this port?)",
@@ -641,14 +601,11 @@ export function connectionHints(host: string, commandsFor: Commands): string[] {
 export const PASSWORD_VARIABLE = "SOCKLAB_PASSWORD";
 /** The password from --password, or else from SOCKLAB_PASSWORD. */
 export function passwordFrom(flag: unknown): string | undefined {
-  let password = flag === undefined ? undefined : String(flag);
+  if (flag === "") throw new UsageError("The password cannot be empty");
+  if (flag !== undefined) return String(flag);
   try {
-    password ??= Deno.env.get(PASSWORD_VARIABLE) || undefined;
-  } catch {
-    // No permission to read it (--allow-env=SOCKLAB_PASSWORD): none.
-  }
-  if (password === "") throw new UsageError("The password cannot be empty");
-  return password;
+    return Deno.env.get(PASSWORD_VARIABLE) || undefined;
+  } catch { /* no permission to read it (--allow-env=SOCKLAB_PASSWORD) */ }
 }
 /** Compares passwords in constant time: hashed, so lengths tell nothing. */
 export function passwordMatches(given: string, expected: string): boolean {
@@ -657,36 +614,26 @@ export function passwordMatches(given: string, expected: string): boolean {
 }
 /** A token bucket: `burst` tokens, `rate` more a second, one per line. */
 export class RateLimit {
-  #tokens: number;
+  #tokens = Infinity; // a full bucket: wait() caps it at `burst`
   #last = performance.now();
-  #dropped = 0;
   #lastDrop = -Infinity;
-  constructor(readonly rate: number, readonly burst: number) {
-    this.#tokens = burst;
-  }
-  check(now = performance.now()): "pass" | "warn" | "drop" | "disconnect" {
-    if (this.#take(now)) {
-      if (now - this.#lastDrop > 1000) this.#dropped = 0;
-      return "pass";
-    }
-    // The first line dropped warns; `burst` more without a pause disconnect.
-    this.#lastDrop = now;
-    this.#dropped++;
-    if (this.#dropped === 1) return "warn";
-    return this.#dropped > this.burst ? "disconnect" : "drop";
-  }
+  constructor(readonly rate: number, readonly burst: number) {}
   /** For TCP pacing: 0 with a token taken, else the ms until one is there. */
   wait(now = performance.now()): number {
-    if (this.rate === 0 || this.#take(now)) return 0;
-    return (1 - this.#tokens) * 1000 / this.rate;
-  }
-  #take(now: number): boolean {
+    if (this.rate === 0) return 0; // --rate-limit 0: no limit
     const refill = Math.max(0, now - this.#last) * this.rate / 1000;
     this.#tokens = Math.min(this.burst, this.#tokens + refill);
     this.#last = now;
-    if (this.#tokens < 1) return false;
+    if (this.#tokens < 1) return (1 - this.#tokens) * 1000 / this.rate;
     this.#tokens -= 1;
-    return true;
+    return 0;
+  }
+  /** For UDP: "pass", or a drop: "warn" if the last drop is over 1 s old. */
+  check(now = performance.now()): "pass" | "warn" | "drop" {
+    if (this.wait(now) === 0) return "pass";
+    const quiet = now - this.#lastDrop > 1000;
+    this.#lastDrop = now;
+    return quiet ? "warn" : "drop";
   }
 }
 /** The one idle sweep: hands peers silent for `timeoutMs` to `drop`. */
@@ -696,9 +643,8 @@ export function sweepIdle<Peer extends { lastHeard: number }>(
   drop: (peer: Peer) => void,
 ): ReturnType<typeof setInterval> | undefined {
   if (timeoutMs <= 0) return undefined;
-  const every = Math.min(1000, Math.max(50, timeoutMs / 4));
   return setInterval(() => {
     const oldest = performance.now() - timeoutMs;
     for (const peer of [...peers()]) if (peer.lastHeard < oldest) drop(peer);
-  }, every);
+  }, Math.min(1000, Math.max(50, timeoutMs / 4)));
 }

@@ -18,7 +18,6 @@ import { lookup } from "node:dns/promises";
 import {
   addressText,
   argsOrExit,
-  chooseColors,
   cleanText,
   DEFAULT_PORT,
   encodeLine,
@@ -518,7 +517,6 @@ async function end(code: number, out: LineConsole, link?: UdpLink) {
 async function main(): Promise<void> {
   const options = argsOrExit(parseUdpClientArgs, USAGE);
   requireUdp();
-  chooseColors();
   const month = options.service === "month";
   const out = new LineConsole(month ? MONTH_PROMPT : "> ");
   // Notes go beside the program's output: dimmed above the prompt on a

@@ -15,7 +15,6 @@ import {
   nameProblem,
   parseChatInput,
   parseFlags,
-  parsePort,
   UsageError,
 } from "../shared.ts";
 import { parseClientArgs } from "../client.ts";
@@ -165,10 +164,11 @@ Deno.test("ChatRoom welcomes by name or as a guest, and counts a big room", () =
 });
 
 Deno.test("flags: ports are checked, unknown options refused, defaults given", () => {
-  assertEquals(parsePort("0"), 0);
-  assertEquals(parsePort("65535"), 65535);
+  const port = (text: string) =>
+    parseFlags(["--port", text], { port: { port: true } }).port;
+  assertEquals([port("0"), port("65535")], [0, 65535]);
   for (const bad of ["-1", "65536", "1e3", "", "abc", "80.5"]) {
-    assertThrows(() => parsePort(bad), UsageError);
+    assertThrows(() => port(bad), UsageError);
   }
   assertThrows(
     () => parseFlags(["--nope"], {}),
