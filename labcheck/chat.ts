@@ -6,7 +6,7 @@
  * @module
  */
 
-import { TcpPeer, token } from "./peer.ts";
+import { ResettingPeer, TcpPeer, token } from "./peer.ts";
 import { quote, type Report } from "./report.ts";
 
 const PROTOCOL = "The protocol";
@@ -41,7 +41,7 @@ export async function checkChat(
     return peer;
   };
   try {
-    const chat = new ChatChecks(report, join);
+    const chat = new ChatChecks(report, target, join);
     await (iterative ? chat.inTurn() : chat.all());
   } catch (error) {
     report.fail(
@@ -60,7 +60,11 @@ export async function checkChat(
 type Join = (name: string, reading?: boolean) => Promise<TcpPeer>;
 
 class ChatChecks {
-  constructor(readonly report: Report, readonly join: Join) {}
+  constructor(
+    readonly report: Report,
+    readonly target: Target,
+    readonly join: Join,
+  ) {}
 
   /** Sends a new token from `from`: @returns whether all of `to` got it */
   async relays(from: TcpPeer, to: TcpPeer[], ms = RELAY_MS) {
@@ -114,7 +118,7 @@ class ChatChecks {
     if (!await this.vanishes(a, b, c)) {
       return this.report.skip(
         "the checks where clients leave",
-        "a client that left made the server disconnect the next sender",
+        "the server did not survive a client leaving",
       );
     }
     await this.fifty(a, b);
@@ -371,32 +375,49 @@ class ChatChecks {
    * sends one): @returns whether the others go on */
   async vanishes(a: TcpPeer, b: TcpPeer, c: TcpPeer): Promise<boolean> {
     const check = "vanishing client";
-    const gone = await this.join("lcGone", false);
-    await this.settles(gone, [b], 2); // it is in
-    // Once `b` has a's second line, the server has sent `gone` the first.
-    await this.relays(a, [b]);
-    await this.relays(a, [b]);
-    gone.close(); // without a word, its bytes unread
-    let heard = 0;
-    for (let i = 0; i < 3 && a.open; i++) {
-      if ((await this.relays(a, [b, c])).all) heard++;
+    for (const how of ["vanished", "reset"] as const) {
+      const sent = token();
+      const gone = how === "vanished"
+        ? await this.join("lcGone", false)
+        : await ResettingPeer.connect(this.target.host, this.target.port);
+      await gone.write(`lcGone\nhello ${sent}\n`);
+      await b.lines.has(sent, RELAY_MS); // it is in
+      // Once `b` has a's second line, the server has sent `gone` the first.
+      await this.relays(a, [b]);
+      await this.relays(a, [b]);
+      gone.close(); // without a word, its bytes unread; or with a reset
+      let heard = 0;
+      for (let i = 0; i < 3 && a.open; i++) {
+        if ((await this.relays(a, [b, c])).all) heard++;
+      }
+      if (a.open && heard === 3) continue;
+      const after = `after a client ${how}`;
+      const what = a.open
+        ? `${after}, ${3 - heard} of the next sender's 3 lines reached no one`
+        : await this.stopped()
+        ? `${after}, the server stopped: a new client cannot connect`
+        : `${after}, the next sender was disconnected`;
+      this.report.fail(
+        check,
+        what,
+        "a send to, or a receive from, a client that has gone fails: catch the error, drop that client alone, and go on",
+        HOSTILE,
+      );
+      return a.open;
     }
-    if (a.open && heard === 3) {
-      const text = "a client that vanishes disconnects no one else";
-      this.report.pass(check, text);
+    const text = "a client that vanishes or resets disconnects no one else";
+    this.report.pass(check, text);
+    return true;
+  }
+
+  /** Has the server stopped (a new client cannot connect)? */
+  async stopped(): Promise<boolean> {
+    try {
+      (await this.join("lcProbe")).close();
+      return false;
+    } catch {
       return true;
     }
-    this.report.fail(
-      check,
-      a.open
-        ? `after a client vanished, ${
-          3 - heard
-        } of the next sender's 3 lines reached no one`
-        : "after a client vanished, the next sender was disconnected",
-      "a send to a client that has gone fails: drop that client, not the sender, and go on",
-      HOSTILE,
-    );
-    return a.open;
   }
 
   /** `--iterative`: one client at a time, the next when it leaves. */

@@ -7,6 +7,7 @@
 
 import { type Frame, LINE_TOO_LONG, LineFramer } from "../shared.ts";
 import { networkReason } from "../shared.ts";
+import net from "node:net";
 
 /** The longest line a peer keeps whole; a longer one is counted, not kept. */
 const MAX_LINE = 64 * 1024;
@@ -218,6 +219,37 @@ export class TcpPeer {
       ? "closed by labcheck"
       : failed ?? "closed by the server";
     this.lines.end();
+  }
+}
+
+/**
+ * A client that resets its connection (a TCP RST, as from a program that
+ * crashed with bytes unread). Deno's own sockets cannot send one;
+ * `node:net`'s `resetAndDestroy` can.
+ */
+export class ResettingPeer {
+  private constructor(readonly socket: net.Socket) {
+    socket.on("error", () => {}); // it is going anyway
+  }
+  static async connect(host: string, port: number): Promise<ResettingPeer> {
+    const socket = net.connect(port, host);
+    const connected = new Promise((resolve, reject) => {
+      socket.once("connect", () => resolve(true));
+      socket.once("error", reject);
+    });
+    if (!await within(connected, 5000).catch(() => false)) {
+      socket.destroy();
+      throw new Error("cannot connect");
+    }
+    return new ResettingPeer(socket);
+  }
+  write(text: string): Promise<boolean> {
+    return new Promise((resolve) =>
+      this.socket.write(text, (e) => resolve(!e))
+    );
+  }
+  close(): void {
+    this.socket.resetAndDestroy();
   }
 }
 
