@@ -56,7 +56,8 @@ export class Lines {
 
   add(line: string): void {
     this.total++;
-    if (this.kept.push(line) > KEPT_LINES) this.kept.shift();
+    // The oldest go in bulk: one shift a line would cost a copy a line.
+    if (this.kept.push(line) > 2 * KEPT_LINES) this.kept.splice(0, KEPT_LINES);
     for (const [found] of line.matchAll(TOKEN)) {
       this.tokens.set(found, (this.tokens.get(found) ?? 0) + 1);
     }

@@ -127,6 +127,7 @@ const FAULTS: [string, string, string[]][] = [
     "long line",
   ]],
   ["chat", "chat_broadcast_raises.py", ["vanishing client"]],
+  ["chat", "chat_dies_on_reset.py", ["vanishing client"]],
   ["chat", "chat_blocking_broadcast.py", ["slow reader"]],
   ["month", "month_ok.py", []],
   ["month", "month_crash.py", ["bad requests"]],
