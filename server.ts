@@ -1,25 +1,22 @@
 #!/usr/bin/env -S deno run --allow-net --allow-sys=networkInterfaces
 /**
- * socklab TCP server: the lab's group chat, which relays every line to
- * everyone else, and its inventory service. It serves every client at once
- * (the concurrent server), or with `--iterative` one at a time while the
- * others wait in the backlog (the iterative server).
+ * socklab TCP server: the lab's group chat, which relays each line to all
+ * the others, and its inventory service. Concurrent, or with `--iterative`
+ * one client at a time while the others wait in the backlog.
  *
  * ```sh
  * deno run -A server.ts [--port 9999] [--iterative] [--service inventory]
  * ```
  *
- * The socket steps, in this file's order: 1. create, bind, listen
- * (`listen`); 2. accept (`acceptLoop`); 3. receive (`receiveLines`);
- * 4. the protocol (`handleLine`: the chat's hands each line to the chat
- * room of shared.ts); 5. send (`send`); 6. close (`close`). Then the
- * operator's console, what goes beyond the lab (limits, password, TLS,
- * the outbox), the inventory service, and `main`.
+ * Its socket steps, in order: 1. create, bind, listen (`listen`); 2. accept
+ * (`acceptLoop`); 3. receive (`receiveLines`); 4. the protocol (`handleLine`,
+ * which the chat hands to shared.ts's chat room); 5. send (`send`); 6. close
+ * (`close`). Then the operator's console, what goes beyond the lab (limits,
+ * password, TLS, the outbox), the inventory service, and `main`.
  * @module
  */
 
-// From the shared module: the lab's part first (framing, sending, the
-// chat's lines and rules), then the program's tools and the limits.
+// From shared.ts: the lab's part first, then the program's tools and limits.
 import { encodeLine, type Frame, LineFramer, writeAll } from "./shared.ts";
 import { LINE_TOO_LONG, MAX_LINE_BYTES, type Trace } from "./shared.ts";
 import { ChatRoom, errorLine, messageLine, noticeLine } from "./shared.ts";
@@ -38,24 +35,17 @@ import { RateLimit, sweepIdle } from "./shared.ts";
  * Creates a TCP socket, binds it to `host:port` and listens: one call in
  * Deno. The kernel then queues connections (the backlog) until `accept`.
  */
-export function listen(
-  { host, port, tls }: { host: string; port: number; tls?: TlsFiles },
-): Deno.Listener {
+export function listen({ host, port, tls }: ServerOptions): Deno.Listener {
   if (tls) return Deno.listenTls({ hostname: host, port, ...tls });
   return Deno.listen({ hostname: host, port });
 }
 
 // --- 2. Accept --------------------------------------------------------------
 
-/**
- * Takes each connection from the backlog and serves it. The iterative and
- * the concurrent server differ by one `await`: the iterative one serves a
- * client to the end before it accepts the next.
- */
-async function acceptLoop(
-  server: TcpServer,
-  serve: (conn: Deno.Conn) => Promise<void>,
-): Promise<void> {
+// Takes each connection from the backlog and serves it. The iterative and
+// the concurrent server differ by one `await`: the iterative one serves a
+// client to the end before it accepts the next.
+async function acceptLoop(server: TcpServer): Promise<void> {
   while (true) {
     let conn;
     try {
@@ -66,18 +56,18 @@ async function acceptLoop(
       // Out of file descriptors: wait a little for some to close.
       if (!/os error (23|24)\b/.test(String(error))) continue;
       server.log(`cannot accept a connection: ${networkReason(error)}`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await sleep(100);
       continue;
     }
     server.options.trace?.(`accept ${addressText(conn.remoteAddr)}`);
     // With a password or TLS, clients get in at once, then take turns
     // (beyond the lab: one that never gets in must not block the others).
     if (server.options.iterative && !server.takesTurns) {
-      await serve(conn);
+      await server.serve(conn);
       const next = "waiting for the next client in the backlog";
       if (!server.stopping) server.log(next);
     } else {
-      serve(conn);
+      server.serve(conn);
     }
   }
 }
@@ -92,8 +82,7 @@ class Client {
   name = ""; // its name in the chat; empty until it joins
   lastHeard = performance.now(); // when its last line came, for --idle-timeout
   leftBecause?: string; // set once, when it leaves, with the reason
-  closed?: Promise<void>; // settles when its connection is closed
-  readonly served = Promise.withResolvers<void>(); // when it is all over
+  readonly closed = Promise.withResolvers<void>(); // its socket is closed
   greeted = false; // past TLS (if any), told what comes next
   admitted = false; // past TLS and the password (if any)
   admitTimer?: ReturnType<typeof setTimeout>; // closes it if it is too slow
@@ -110,18 +99,13 @@ class Client {
   }
 }
 
-type LineHandler = (line: Frame) => void | Promise<void>;
+type Handled = void | Promise<void>;
 
-/**
- * Receive: hands each whole line to `onLine`; returns why the connection
- * ended. TCP is a byte stream: a read may hold half a line or many, so a
- * {@linkcode LineFramer} keeps bytes until a line end arrives.
- */
-async function receiveLines(
-  client: Client,
-  { maxLineBytes, trace }: ServerOptions,
-  onLine: LineHandler,
-): Promise<string> {
+// Receive: hands each whole line to the server; returns why the connection
+// ended. TCP is a byte stream: a read may hold half a line or many, so a
+// LineFramer keeps bytes until a line end arrives.
+async function receiveLines(server: TcpServer, client: Client) {
+  const { maxLineBytes, trace } = server.options;
   const framer = new LineFramer(maxLineBytes);
   let buffer = new Uint8Array(1024);
   try {
@@ -134,63 +118,62 @@ async function receiveLines(
         `read ${count} bytes from ${client.name || client.address}: ` +
           `${lines.length} whole line(s), ${framer.keptBytes} bytes kept for the next read`,
       );
-      await handleAll(lines, onLine);
+      await handleAll(server, client, lines);
       // A read that fills the buffer is a burst: read more at a time.
       if (count === buffer.length && count < 16384) {
         buffer = new Uint8Array(count * 4);
       }
     }
-    await handleAll(framer.end(), onLine); // a last line without "\n"
+    await handleAll(server, client, framer.end()); // a last line without "\n"
     return client.leftBecause ?? "closed";
   } catch (error) {
     if (client.leftBecause) return client.leftBecause;
-    return isDisconnect(error) ? "reset" : `error: ${networkReason(error)}`;
+    // The errors a socket gets when its peer goes away:
+    const gone = /^(Connection(Reset|Aborted)|BrokenPipe|UnexpectedEof)$/;
+    if (gone.test((error as Error).name)) return "reset";
+    return `error: ${networkReason(error)}`;
   }
 }
 
 // Awaits only the promises (the inventory's saves): the chat handles a
 // read's lines in one go, so what they send leaves together.
-async function handleAll(lines: Frame[], onLine: LineHandler): Promise<void> {
+async function handleAll(server: TcpServer, client: Client, lines: Frame[]) {
   for (const line of lines) {
-    const handled = onLine(line);
+    const handled = server.onLine(client, line);
     if (handled) await handled;
   }
 }
 
-/** Is this an error a socket gets when its peer goes away? */
-function isDisconnect(error: unknown): boolean {
-  const gone = ["ConnectionReset", "ConnectionAborted", "BrokenPipe"];
-  return gone.includes((error as Error).name) ||
-    error instanceof Deno.errors.UnexpectedEof;
-}
-
 // --- The TCP server: each connection from accept to close -------------------
 
-/**
- * What the chat and the inventory share: each connection's life from
- * accept to close. Each service says what a line means (`handleLine`).
- */
+// What the chat and the inventory share; each says what a line means.
 abstract class TcpServer extends Stoppable {
+  readonly options: ServerOptions;
+  readonly listener: Deno.Listener;
   readonly finished: Promise<void>; // settles when it stops accepting
   readonly #clients = new Set<Client>();
   readonly #perAddress = new Map<string, number>(); // connections from each
-  readonly guesses: Guesses; // wrong passwords from each address
+  // Wrong passwords by address, and when it may try again (authenticate).
+  readonly guesses = new Map<string, { wrong: number; nextTry: number }>();
+  readonly takesTurns: boolean; // iterative with a password or TLS: see letIn
   readonly #idleSweep;
   #turn = Promise.resolve(); // iterative: settles when the last in line goes
   protected readonly pacesAll: boolean = true; // else only before /auth
 
-  protected constructor(
-    readonly options: ServerOptions,
-    readonly listener: Deno.Listener,
-  ) {
+  // Creates, binds and listens (step 1), then accepts clients.
+  protected constructor(options: Partial<ServerOptions>) {
     super();
-    this.guesses = new Guesses(options.guessWaitMs);
+    this.options = { ...DEFAULTS, ...options };
+    this.listener = listen(this.options);
+    const { iterative, password, tls, idleTimeoutMs } = this.options;
+    this.takesTurns = iterative && !!(password || tls);
+    const idle = `idle for ${idleTimeoutMs / 1000} s`; // --idle-timeout
     this.#idleSweep = sweepIdle(
-      options.idleTimeoutMs,
+      idleTimeoutMs,
       () => this.#clients,
-      (client) => dropIdle(this, client),
+      (client) => this.disconnect(client, idle, "idle"),
     );
-    this.finished = acceptLoop(this, (conn) => this.#serve(conn));
+    this.finished = acceptLoop(this);
   }
 
   /** The address actually bound (port 0 becomes a real port). */
@@ -198,73 +181,64 @@ abstract class TcpServer extends Stoppable {
     return this.listener.addr as Deno.NetAddr;
   }
   /** One client, from accept to close. */
-  async #serve(conn: Deno.Conn): Promise<void> {
+  async serve(conn: Deno.Conn): Promise<void> {
     const client = new Client(conn, this.options);
     this.log(`connection from ${client.address}`);
-    const { maxClients, maxPerAddress, admitTimeoutMs } = this.options;
-    const { host } = client;
-    const fromHost = this.#perAddress.get(host) ?? 0;
+    const { maxClients, maxPerAddress, password } = this.options;
+    const fromHost = this.#perAddress.get(client.host) ?? 0;
     if (this.#clients.size >= maxClients) {
       return await refuse(this, client, "server full");
     }
     const tooMany = "too many connections from your address";
     if (fromHost >= maxPerAddress) return await refuse(this, client, tooMany);
     this.#clients.add(client);
-    this.#perAddress.set(host, fromHost + 1);
+    this.#perAddress.set(client.host, fromHost + 1);
     client.admitTimer = setTimeout(() => {
       // Before the TLS handshake nothing can be said: just close.
       if (!client.greeted) closeQuietly(client.conn);
-      this.sendError(client, "too slow to get in: disconnecting");
-      this.close(client, "too slow to get in");
-    }, admitTimeoutMs);
-    const onLine = (line: Frame) => this.#onLine(client, line);
-    const noTls = await tlsHandshake(client); // why not, if it failed
-    if (!noTls) await this.#greet(client);
-    const reason = noTls ?? await receiveLines(client, this.options, onLine);
-    this.close(client, reason);
-    await client.closed;
-    client.served.resolve();
-    const left = this.#perAddress.get(host)! - 1;
-    if (left > 0) this.#perAddress.set(host, left);
-    else this.#perAddress.delete(host);
-  }
-
-  #greet(client: Client): void | Promise<void> {
+      this.disconnect(client, "too slow to get in");
+    }, this.options.admitTimeoutMs);
+    let noTls; // TLS: the handshake comes first; why it failed, if it did
+    try {
+      if ("handshake" in conn) await (conn as Deno.TlsConn).handshake();
+    } catch (error) {
+      noTls = client.leftBecause ?? `no TLS handshake: ${networkReason(error)}`;
+    }
     client.greeted = true;
-    if (this.options.password) return this.askPassword(client);
-    return this.letIn(client);
+    if (!noTls && password) this.askPassword(client);
+    else if (!noTls) await this.letIn(client);
+    const reason = noTls ?? await receiveLines(this, client);
+    this.close(client, reason);
+    await client.closed.promise;
+    const left = this.#perAddress.get(client.host)! - 1;
+    if (left > 0) this.#perAddress.set(client.host, left);
+    else this.#perAddress.delete(client.host);
   }
 
   /** Past TLS and the password: a client may now use the service. */
-  letIn(client: Client): void | Promise<void> {
+  letIn(client: Client): Handled {
     clearTimeout(client.admitTimer);
     client.admitted = true;
     if (!this.takesTurns) return this.admit(client);
     // Iterative: its lines wait (unread) until the one before it has gone.
     const turn = this.#turn;
-    this.#turn = turn.then(() => client.served.promise);
+    this.#turn = turn.then(() => client.closed.promise);
     return turn.then(() => {
       if (!client.leftBecause) this.admit(client);
     });
   }
 
-  /** Iterative with a password or TLS: admitted clients take turns. */
-  get takesTurns(): boolean {
-    const { iterative, password, tls } = this.options;
-    return iterative && (password !== undefined || tls !== undefined);
-  }
-
   /** A line: too long, before the password, or the service's to handle. */
-  #onLine(client: Client, line: Frame): ReturnType<LineHandler> {
+  onLine(client: Client, line: Frame): Handled {
     if (client.leftBecause) return;
     // The flood limit: a client over --rate-limit is read more slowly, so
     // TCP slows its sender down; no line is lost.
     const wait = client.admitted && !this.pacesAll ? 0 : client.rate.wait();
-    if (wait > 0) return sleep(wait).then(() => this.#onLine(client, line));
+    if (wait > 0) return sleep(wait).then(() => this.onLine(client, line));
     if (line === LINE_TOO_LONG) {
       const who = client.name || client.address;
       this.log(`${who} sent a line that was too long`);
-      return this.sendError(client, this.tooLong());
+      return this.sendError(client, this.tooLong);
     }
     if (!client.admitted) return authenticate(this, client, line);
     return this.handleLine(client, line);
@@ -275,13 +249,10 @@ abstract class TcpServer extends Stoppable {
   /** A client may now use the service (no password, or it gave it). */
   abstract admit(client: Client): void;
   protected askPassword(_client: Client): void {} // with --password
-  protected abstract handleLine(
-    client: Client,
-    line: string,
-  ): ReturnType<LineHandler>;
+  protected abstract handleLine(client: Client, line: string): Handled;
   /** An error, in the service's words: `! text`, or a JSON reply. */
-  abstract errorText(text: string): string;
-  protected abstract tooLong(): string; // what a line that is too long gets
+  abstract readonly errorText: (text: string) => string;
+  protected abstract readonly tooLong: string; // for a line that is too long
 
   // --- 5. Send --------------------------------------------------------------
 
@@ -310,7 +281,12 @@ abstract class TcpServer extends Stoppable {
     clearTimeout(client.admitTimer);
     this.#clients.delete(client);
     this.left(client, reason);
-    client.closed = client.outbox.close(reason);
+    client.outbox.close(reason).then(client.closed.resolve);
+  }
+
+  disconnect(client: Client, why: string, reason = why): void {
+    this.sendError(client, `${why}: disconnecting`);
+    this.close(client, reason);
   }
 
   protected left(client: Client, reason: string): void {
@@ -325,22 +301,21 @@ abstract class TcpServer extends Stoppable {
     await this.beforeShutdown();
     const clients = [...this.#clients];
     for (const client of clients) {
-      this.goodbye(client);
+      if (this.goodbye) this.sendLine(client, this.goodbye);
       this.close(client, "shutdown");
     }
-    await Promise.all(clients.map((client) => client.closed));
+    await Promise.all(clients.map((client) => client.closed.promise));
     await this.finished;
     this.log("stopped");
   }
 
   protected async beforeShutdown(): Promise<void> {} // e.g. finish saving
-  protected goodbye(_client: Client): void {} // the chat says it stops
+  protected readonly goodbye?: string; // the chat says it stops
   log(text: string): void {
     this.options.print(logLine(text));
   }
 }
 
-/** Closes a socket that may be closed already. */
 function closeQuietly(socket: { close(): void }): void {
   try {
     socket.close();
@@ -353,31 +328,25 @@ function closeQuietly(socket: { close(): void }): void {
 
 /** A running chat server: each line goes to the chat room (shared.ts). */
 export class ChatServer extends TcpServer {
-  readonly room: ChatRoom<Client>;
+  readonly room = new ChatRoom<Client>({
+    send: (client, line) => this.sendLine(client, line),
+    broadcast: (line, except) => this.#broadcast(line, except),
+    quit: (client) => this.close(client, "quit"),
+    show: (line) => this.options.quiet || this.options.print(line),
+    log: (text) => this.log(text),
+  }, {
+    mode: this.options.iterative
+      ? "an iterative server: one client at a time, so it is just you and the operator"
+      : "a group chat: each line you send goes to everyone",
+    operator: this.options.operatorName,
+    announceLimit: this.options.announceLimit,
+  });
   #batch: string[] = [];
   #batchSkips?: Client;
 
   /** Creates, binds and listens, then accepts clients. */
   static start(options: Partial<ServerOptions> = {}): ChatServer {
-    const full = { ...DEFAULTS, ...options };
-    return new ChatServer(full, listen(full));
-  }
-
-  private constructor(options: ServerOptions, listener: Deno.Listener) {
-    super(options, listener);
-    this.room = new ChatRoom({
-      send: (client, line) => this.sendLine(client, line),
-      broadcast: (line, except) => this.#broadcast(line, except),
-      quit: (client) => this.close(client, "quit"),
-      show: (line) => options.quiet || options.print(line),
-      log: (text) => this.log(text),
-    }, {
-      mode: options.iterative
-        ? "an iterative server: one client at a time, so it is just you and the operator"
-        : "a group chat: each line you send goes to everyone",
-      operator: options.operatorName,
-      announceLimit: options.announceLimit,
-    });
+    return new ChatServer(options);
   }
 
   // A client joins on its first line, or as a guest if none comes soon:
@@ -419,9 +388,7 @@ export class ChatServer extends TcpServer {
   // Send to everyone but `except`. A read's lines are gathered, encoded
   // once for all, and go as one piece into each client's outbox.
   #broadcast(line: string, except?: Client): void {
-    if (this.#batch.length > 0 && except !== this.#batchSkips) {
-      this.#sendBatch();
-    }
+    if (except !== this.#batchSkips) this.#sendBatch();
     if (this.#batch.push(line) === 1) queueMicrotask(() => this.#sendBatch());
     this.#batchSkips = except;
   }
@@ -442,12 +409,9 @@ export class ChatServer extends TcpServer {
     super.sendLine(client, line);
   }
 
-  errorText(text: string): string {
-    return errorLine(text);
-  }
-  protected tooLong(): string {
-    return `line too long (over ${this.options.maxLineBytes} bytes): it was not sent`;
-  }
+  readonly errorText = errorLine;
+  protected readonly tooLong =
+    `line too long (over ${this.options.maxLineBytes} bytes): it was not sent`;
 
   /** Close: the room tells the others the client left. */
   protected override left(client: Client, reason: string): void {
@@ -457,9 +421,7 @@ export class ChatServer extends TcpServer {
   }
 
   /** Every connection is told, joined yet or not. */
-  protected override goodbye(client: Client): void {
-    this.sendLine(client, SAYS.shuttingDown);
-  }
+  protected override readonly goodbye = SAYS.shuttingDown;
 
   // --- The operator's console -----------------------------------------------
 
@@ -470,27 +432,24 @@ export class ChatServer extends TcpServer {
     const commands = "/who, /kick NAME, /quit";
     if (input.kind === "empty") return;
     if (input.kind === "message") {
-      if (this.room.members.size === 0) {
-        return print("* no one is connected to hear that");
-      }
+      const unheard = "* no one is connected to hear that";
+      if (this.room.members.size === 0) return print(unheard);
       return this.#broadcast(messageLine(operatorName, input.text));
     }
     const { command, rest } = input;
     if (command === "/who") return print(this.room.whoLine());
-    if (command === "/kick") return this.#kick(rest);
+    if (command === "/kick") {
+      const client = this.room.members.get(nameKey(rest));
+      if (rest === "") return print(errorLine("usage: /kick NAME"));
+      if (!client) return print(errorLine(`no one named "${rest}"`));
+      this.sendLine(client, noticeLine("you were kicked by the operator"));
+      return this.close(client, "kicked");
+    }
     if (command === "/quit") return void this.stop();
     if (command === "/help") {
       return print(`* console: TEXT to send to everyone, ${commands}`);
     }
     print(errorLine(`unknown command "${command}": try ${commands}`));
-  }
-
-  #kick(name: string): void {
-    if (name === "") return this.options.print(errorLine("usage: /kick NAME"));
-    const client = this.room.members.get(nameKey(name));
-    if (!client) return this.options.print(errorLine(`no one named "${name}"`));
-    this.sendLine(client, noticeLine("you were kicked by the operator"));
-    this.close(client, "kicked");
   }
 }
 
@@ -521,99 +480,60 @@ const DEFAULTS = {
 /** The options of both services: the defaults, and what has none. */
 export type ServerOptions = typeof DEFAULTS & {
   password?: string;
-  tls?: TlsFiles;
+  tls?: { cert: string; key: string }; // TLS: certificate and key, as PEM
   dataFile?: string; // inventory: the file that keeps the stock
   trace?: Trace; // prints each socket step, for study (--trace)
 };
 
-/** TLS: a certificate and its private key, as PEM text. */
-type TlsFiles = { cert: string; key: string };
-
 /** Tells a connection it cannot come in (`why`), and closes it. */
 async function refuse(server: TcpServer, client: Client, why: string) {
   server.log(`refused ${client.address}: ${why}`);
-  const line = encodeLine(server.errorText(why));
-  const told = Promise.race([writeAll(client.conn, line), sleep(1000)]);
-  await told.catch(() => {}); // gone already
+  const told = writeAll(client.conn, encodeLine(server.errorText(why)));
+  await Promise.race([told, sleep(1000)]).catch(() => {}); // gone already
   closeQuietly(client.conn);
-}
-
-/** TLS: the handshake, before anything else; undefined once it is done. */
-async function tlsHandshake(client: Client): Promise<string | undefined> {
-  if (!("handshake" in client.conn)) return undefined;
-  try {
-    await (client.conn as Deno.TlsConn).handshake();
-  } catch (error) {
-    return client.leftBecause ?? `no TLS handshake: ${networkReason(error)}`;
-  }
 }
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** Tells a client silent for --idle-timeout, and closes it. */
-function dropIdle(server: TcpServer, client: Client): void {
-  const seconds = server.options.idleTimeoutMs / 1000;
-  server.sendError(client, `idle for ${seconds} s: disconnecting`);
-  server.close(client, "idle");
-}
-
 /** Wrong passwords a connection may send before it is closed. */
 const PASSWORD_TRIES = 3;
 
-/** Before `/auth` with the right password, a client may do nothing else. */
-function authenticate(
-  server: TcpServer,
-  client: Client,
-  line: string,
-): void | Promise<void> {
+// Before `/auth` with the right password, a client may do nothing else.
+// Against guessing, each wrong password makes its address wait longer (1 s,
+// 2 s, 4 s, up to 32 s) before its next try, however many connections it
+// opens. A right one clears the address.
+function authenticate(server: TcpServer, client: Client, line: string) {
   const [command, given] = splitFirstWord(line.trim());
   if (command === "") return;
   if (command.toLowerCase() !== "/auth") {
     return server.sendError(client, SAYS.authenticateFirst);
   }
-  const wait = Math.ceil(server.guesses.wait(client.host) / 1000);
+  const { guesses, options } = server;
+  const now = performance.now();
+  const guess = guesses.get(client.host) ?? { wrong: 0, nextTry: now };
+  const wait = Math.ceil((guess.nextTry - now) / 1000);
   if (wait > 0) {
     const tooMany = "too many wrong passwords from your address";
     return server.sendError(client, `${tooMany}: try again in ${wait} s`);
   }
   // The password itself is never logged.
-  if (passwordMatches(given, server.options.password ?? "")) {
+  if (passwordMatches(given, options.password ?? "")) {
     server.log(`${client.address} authenticated`);
-    server.guesses.forget(client.host);
+    guesses.delete(client.host);
     return server.letIn(client);
   }
-  server.guesses.wrong(client.host);
+  if (guesses.size >= 10_000) guesses.clear(); // stays bounded
+  guess.wrong++;
+  guess.nextTry = now + options.guessWaitMs * 2 ** Math.min(guess.wrong - 1, 5);
+  guesses.set(client.host, guess);
   client.wrongPasswords++;
   const tries = `${client.wrongPasswords} of ${PASSWORD_TRIES}`;
   server.log(`${client.address} sent a wrong password (${tries})`);
   server.sendError(client, SAYS.wrongPassword);
   if (client.wrongPasswords < PASSWORD_TRIES) return;
-  server.sendError(client, "too many wrong passwords: disconnecting");
-  server.close(client, "wrong password");
-}
-
-/**
- * Against guessing: each wrong password makes its address wait longer
- * (1 s, 2 s, 4 s, up to 32 s) before its next try, however many
- * connections it opens. A right one clears the address.
- */
-class Guesses {
-  readonly #byHost = new Map<string, { wrong: number; nextTry: number }>();
-  constructor(readonly firstWaitMs: number) {}
-  wait(host: string, now = performance.now()): number {
-    return Math.max(0, (this.#byHost.get(host)?.nextTry ?? 0) - now);
-  }
-  wrong(host: string, now = performance.now()): void {
-    const wrong = (this.#byHost.get(host)?.wrong ?? 0) + 1;
-    if (this.#byHost.size >= 10_000) this.#byHost.clear(); // stays bounded
-    const nextTry = now + this.firstWaitMs * 2 ** Math.min(wrong - 1, 5);
-    this.#byHost.set(host, { wrong, nextTry });
-  }
-  forget(host: string): void {
-    this.#byHost.delete(host);
-  }
+  server.disconnect(client, "too many wrong passwords", "wrong password");
 }
 
 /** How long a leaving client may take to receive its last lines. */
@@ -667,20 +587,15 @@ export class Outbox {
     this.trace?.(`close ${this.label()}: ${reason}`);
   }
 
-  /**
-   * All the pieces in one buffer, in order: one write, not one each. Over
-   * 4 KiB, into this outbox's own buffer, kept for the next time: a fresh
-   * big buffer for each write doubled the burst's CPU (bench/README.md).
-   */
+  // All the pieces in one buffer, in order: one write, not one each. Over
+  // 4 KiB, into this outbox's own buffer, kept for the next time: a fresh
+  // big buffer for each write doubled the burst's CPU (bench/README.md).
   #join(pieces: Uint8Array[]): Uint8Array {
     if (pieces.length === 1) return pieces[0];
     const size = pieces.reduce((sum, piece) => sum + piece.length, 0);
-    if (size > 4096 && this.#joined.length < size) {
-      this.#joined = new Uint8Array(size);
-    }
-    const joined = size > 4096
-      ? this.#joined.subarray(0, size)
-      : new Uint8Array(size);
+    const big = size > 4096;
+    if (big && this.#joined.length < size) this.#joined = new Uint8Array(size);
+    const joined = big ? this.#joined.subarray(0, size) : new Uint8Array(size);
     let offset = 0;
     for (const piece of pieces) {
       joined.set(piece, offset);
@@ -731,16 +646,14 @@ function check(condition: unknown, problem: string): asserts condition {
   if (!condition) throw new BadRequest(problem);
 }
 
-/**
- * A request is a JSON object, or the same as words for nc users (`add
- * Green Tea 5`): both give the same fields, checked here once. Why JSON,
- * not pickle: JSON is data only, never run.
- */
+// A request is a JSON object, or the same as words for nc users (`add Green
+// Tea 5`): both give the same fields, checked here once. Why JSON, not
+// pickle: JSON is data only, never run.
 function parseRequest(line: string): InventoryRequest {
   const text = line.trim();
   const json = /^[[{"\d-]|^(true|false|null)$/.test(text);
   const { action, item, quantity } = json ? fromJson(text) : fromWords(text);
-  const { actions, maxItemLength: longest, maxQuantity: most } = INVENTORY;
+  const { actions, maxItemLength: max, maxQuantity: most } = INVENTORY;
   check(action !== undefined, 'missing "action"');
   check(typeof action === "string", '"action" must be a string');
   if (action === "view" || action === "help") return { action };
@@ -752,10 +665,9 @@ function parseRequest(line: string): InventoryRequest {
   check(typeof item === "string", '"item" must be a string');
   const name = item.trim();
   check(name !== "", "an item name cannot be empty");
-  const visible = /[^\p{Cf}\p{Z}]/u.test(name); // not zero-width alone
-  check(visible, "an item name needs a visible character");
-  const short = [...name].length <= longest; // in characters, not UTF-16
-  check(short, `an item name is ${longest} characters at most`);
+  // Not zero-width characters alone; the length is in characters, not UTF-16.
+  check(/[^\p{Cf}\p{Z}]/u.test(name), "an item name needs a visible character");
+  check([...name].length <= max, `an item name is ${max} characters at most`);
   const clean = cleanText(name) === name;
   check(clean, "an item name cannot hold control characters");
   const whole = typeof quantity === "number" && Number.isInteger(quantity);
@@ -764,7 +676,6 @@ function parseRequest(line: string): InventoryRequest {
   return { action, item: name, quantity };
 }
 
-/** A JSON request's fields, if it is a JSON object. */
 function fromJson(text: string): Record<string, unknown> {
   let value;
   try {
@@ -805,24 +716,21 @@ export class InventoryServer extends TcpServer {
 
   /** Takes the data file, if any (or throws a DataFileError); listens. */
   static async start(options: Partial<ServerOptions> = {}) {
-    const full = { ...DEFAULTS, ...options };
-    const path = full.dataFile;
+    const path = options.dataFile;
     const [file, stock] = path ? await DataFile.open(path) : [];
-    const server = new InventoryServer(full, listen(full));
+    const server = new InventoryServer(options);
     server.#dataFile = file;
     server.#stock = new Map(Object.entries(stock ?? {}));
     return server;
   }
 
-  /** The stock as a plain object, for JSON. */
   get stock(): Stock {
     return Object.fromEntries(this.#stock);
   }
   /** After /auth with the right password: a reply says so. */
   admit(client: Client): void {
-    if (!this.options.password) return;
-    const reply = { ok: true, message: "authenticated" };
-    this.sendLine(client, JSON.stringify(reply));
+    const reply = JSON.stringify({ ok: true, message: "authenticated" });
+    if (this.options.password) this.sendLine(client, reply);
   }
 
   /** Answers one request line with one JSON line, once a change is saved. */
@@ -830,17 +738,15 @@ export class InventoryServer extends TcpServer {
     if (line.trim() === "") return;
     // Its replies wait unread: answer no more until they are out.
     if (client.outbox.halfFull) await client.outbox.emptied();
-    try {
-      const reply = await this.#answer(client.address, line.trim());
-      this.sendLine(client, JSON.stringify(reply));
-    } catch (error) {
-      if (!(error instanceof BadRequest)) throw error;
-      this.sendError(client, error.message);
-    }
+    const reply = await this.#answer(client.address, line).catch((error) => {
+      if (error instanceof BadRequest) return failure(error.message);
+      throw error;
+    });
+    this.sendLine(client, JSON.stringify(reply));
   }
 
   async #answer(address: string, line: string): Promise<InventoryReply> {
-    if (/^\/auth\b/i.test(line)) {
+    if (/^\s*\/auth\b/i.test(line)) {
       return { ok: true, message: "authenticated already" };
     }
     const request = parseRequest(line);
@@ -875,12 +781,9 @@ export class InventoryServer extends TcpServer {
     this.#committing = undefined;
   }
 
-  errorText(text: string): string {
-    return JSON.stringify(failure(text));
-  }
-  protected tooLong(): string {
-    return `request too long (over ${this.options.maxLineBytes} bytes)`;
-  }
+  readonly errorText = (text: string) => JSON.stringify(failure(text));
+  protected readonly tooLong =
+    `request too long (over ${this.options.maxLineBytes} bytes)`;
 
   protected override async beforeShutdown(): Promise<void> {
     await this.#committing;
@@ -923,10 +826,9 @@ export class DataFileError extends Error {}
 
 /** Reads the stock (a missing file is an empty one), or a DataFileError. */
 async function loadStock(path: string): Promise<Stock> {
+  const left = "The file was left as it is.";
   const corrupt = (why: string) =>
-    new DataFileError(
-      `Cannot load "${path}": ${cleanText(why)}. The file was left as it is.`,
-    );
+    new DataFileError(`Cannot load "${path}": ${cleanText(why)}. ${left}`);
   let data;
   try {
     data = JSON.parse(await Deno.readTextFile(path));
@@ -955,12 +857,10 @@ function fileReason(error: unknown): string {
   return (error as Error).message;
 }
 
-/**
- * The stock's file, for one server alone (a lock, `FILE.lock`, that the
- * system lets go when the process ends, even on kill -9). A save writes
- * a temporary file, flushes it to the disk, and renames it over the old
- * one: a rename is atomic, so the file is always the old stock or the new.
- */
+// The stock's file, for one server alone (a lock, `FILE.lock`, that the
+// system lets go when the process ends, even on kill -9). A save writes a
+// temporary file, flushes it to the disk, and renames it over the old one:
+// a rename is atomic, so the file is always the old stock or the new.
 class DataFile {
   private constructor(readonly path: string, readonly lock: Deno.FsFile) {}
 
@@ -1041,8 +941,7 @@ OPTIONS:
   -h, --help          Show this help
 
 SECURITY AND LIMITS (see the README; the default limits never bother normal use):
-      --tls-cert <FILE>          Speak TLS, with this certificate (PEM)
-      --tls-key <FILE>           ... and its private key (PEM)
+      --tls-cert <FILE> --tls-key <FILE>  Speak TLS with this certificate and key (PEM)
       --password <SECRET>        Clients must send "/auth SECRET" first; or set
                                  SOCKLAB_PASSWORD, which stays out of the process list
       --max-line <BYTES>         Longest line a client may send (default 4096)
@@ -1100,19 +999,16 @@ export function bannerLines(server: ChatServer | InventoryServer): string[] {
   const flags = (port === DEFAULT_PORT ? "" : ` --port ${port}`) +
     (inventory ? " --service inventory" : "") +
     (tls ? " --tls --ca CERT.pem" : "");
-  const raw = (address: string) =>
-    tls
-      ? `openssl s_client -quiet -connect ${address}:${port}`
-      : `nc ${address} ${port}`;
   const commands = (address: string) =>
-    `deno run -A client.ts ${address}${flags}    or    ${raw(address)}`;
+    `deno run -A client.ts ${address}${flags}    or    ` +
+    (tls ? `openssl s_client -quiet -connect ${address}:` : `nc ${address} `) +
+    port;
   const mode = iterative
     ? "iterative: one client at a time"
     : "concurrent: every client at once";
   const title = inventory ? "inventory service" : "chat server";
   const where = `${hostname}:${port}${tls ? ", with TLS" : ""}`;
-  const passwordNote =
-    "A password is set: clients must send /auth PASSWORD first.";
+  const auth = "A password is set: clients must send /auth PASSWORD first.";
   const use = !inventory
     ? `Type here to chat as "${operatorName}"; /who, /kick NAME, /quit.`
     : dataFile
@@ -1121,7 +1017,7 @@ export function bannerLines(server: ChatServer | InventoryServer): string[] {
   return [
     `socklab ${title} (${mode}) listening on ${where}`,
     ...connectionHints(hostname, commands),
-    ...(password ? [passwordNote] : []),
+    ...(password ? [auth] : []),
     `${use} Ctrl-C stops the server.`,
   ];
 }
@@ -1161,13 +1057,11 @@ async function main(): Promise<void> {
   trace?.(`listen ${bound}: the kernel now queues connecting clients`);
   bannerLines(server).forEach(print);
   if (server instanceof ChatServer) {
-    // The operator types into the console; when input ends, the server goes on.
     const ended = "console input ended; the server goes on";
     terminal.readLines((line) => server.operatorSays(line))
       .then(() => server.stopping || print(logLine(ended)));
   }
-  await server.finished;
-  await server.stop();
+  await server.finished.then(() => server.stop());
   await terminal.close();
   Deno.exit(0);
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { ResettingPeer, TcpPeer, token } from "./peer.ts";
+import { type Reading, ResettingPeer, TcpPeer, token } from "./peer.ts";
 import { quote, type Report } from "./report.ts";
 
 const PROTOCOL = "The protocol";
@@ -14,10 +14,17 @@ const CONCURRENT = "Iterative and concurrent servers: what to observe";
 const HOSTILE = "Hostile peers: what protects each promise";
 /** How long a relayed line may take to arrive. */
 const RELAY_MS = 3000;
-/** The slow-reader check: what the others send while one does not read. */
+/**
+ * The slow-reader check: what the others send while one does not read.
+ * A blocking server on Linux stalls after about 3.9 MB (the kernel's
+ * buffers for the slow reader), so 6 MiB shows it. More senders at once
+ * would fill every reader's queue in a burst, and a server that drops
+ * readers that fall 1 MiB behind (socklab's, the lab's good answer)
+ * would drop them all.
+ */
 const FLOOD_SENDERS = 8;
 const FLOOD_LINE_BYTES = 4000;
-const FLOOD_BYTES = 4 * 1024 * 1024;
+const FLOOD_BYTES = 6 * 1024 * 1024;
 /** ... and how long the others may hear nothing before it is a stall. */
 const STALL_MS = 5000;
 /** A UTF-8 text whose emoji is cut in two by the split write. */
@@ -34,7 +41,7 @@ export async function checkChat(
   const peers: TcpPeer[] = [];
   // A client: connects, and says a name (servers that ask take it, others
   // relay it as a first message).
-  const join = async (name: string, reading = true) => {
+  const join = async (name: string, reading: Reading = "lines") => {
     const peer = await TcpPeer.connect(target.host, target.port, { reading });
     peers.push(peer);
     await peer.write(`${name}\n`);
@@ -57,7 +64,7 @@ export async function checkChat(
   }
 }
 
-type Join = (name: string, reading?: boolean) => Promise<TcpPeer>;
+type Join = (name: string, reading?: Reading) => Promise<TcpPeer>;
 
 class ChatChecks {
   constructor(
@@ -329,12 +336,12 @@ class ChatChecks {
 
   async slowReader(a: TcpPeer, b: TcpPeer): Promise<void> {
     const check = "slow reader";
-    const slow = await this.join("lcSlow", false);
+    const slow = await this.join("lcSlow", "nothing");
     // The server has taken it in once the others hear from it.
     await this.settles(slow, [a, b], 2);
     const senders = [];
     for (let i = 0; i < FLOOD_SENDERS; i++) {
-      senders.push(await this.join(`lcFlood${i}`));
+      senders.push(await this.join(`lcFlood${i}`, "bytes"));
     }
     const ends = senders.map(() => token());
     const lines = Math.ceil(FLOOD_BYTES / FLOOD_SENDERS / FLOOD_LINE_BYTES);
@@ -378,7 +385,7 @@ class ChatChecks {
     for (const how of ["vanished", "reset"] as const) {
       const sent = token();
       const gone = how === "vanished"
-        ? await this.join("lcGone", false)
+        ? await this.join("lcGone", "nothing")
         : await ResettingPeer.connect(this.target.host, this.target.port);
       await gone.write(`lcGone\nhello ${sent}\n`);
       await b.lines.has(sent, RELAY_MS); // it is in
@@ -472,7 +479,7 @@ class ChatChecks {
     ];
     let current = second;
     for (const [what, event] of events) {
-      const next = await this.join("lcNext", true);
+      const next = await this.join("lcNext");
       await event(current);
       const check = `survives ${what}`;
       if (await this.served(next)) report.pass(check, `survives ${what}`);

@@ -123,6 +123,24 @@ export async function readLines(
   }
 }
 
+/** Counts a stream's bytes, and drops them: @returns why it ended, if by an error */
+async function countBytes(
+  stream: ReadableStream<Uint8Array>,
+  lines: Lines,
+): Promise<string | undefined> {
+  try {
+    for await (const chunk of stream) {
+      lines.bytes += chunk.length;
+      lines.wake();
+    }
+  } catch (error) {
+    return networkReason(error);
+  }
+}
+
+/** What a TCP peer reads of what it receives. */
+export type Reading = "lines" | "bytes" | "nothing";
+
 /** A line decoded as a terminal would show its bytes. */
 const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
 
@@ -133,24 +151,24 @@ export class TcpPeer {
   endedBecause?: string;
   #closedByUs = false;
 
-  private constructor(readonly conn: Deno.Conn, reading: boolean) {
+  private constructor(readonly conn: Deno.Conn, reading: Reading) {
     (conn as Deno.TcpConn).setNoDelay?.(true); // each write leaves at once
-    if (reading) this.#read();
+    if (reading !== "nothing") this.#read(reading);
   }
 
   /** A connection labcheck's own server accepted. */
   static accepted(conn: Deno.Conn): TcpPeer {
-    return new TcpPeer(conn, true);
+    return new TcpPeer(conn, "lines");
   }
 
   /**
-   * Connects, or throws an Error saying why not. A peer that is not
-   * `reading` never reads: its unread bytes make its close a reset.
+   * Connects, or throws an Error saying why not. A peer reads lines, or
+   * only counts bytes (cheap, for a flood), or reads nothing.
    */
   static async connect(
     host: string,
     port: number,
-    { reading = true, ms = 5000 } = {},
+    { reading = "lines" as Reading, ms = 5000 } = {},
   ): Promise<TcpPeer> {
     const connecting = Deno.connect({ hostname: host, port });
     const conn = await within(connecting, ms).catch((error) => {
@@ -214,8 +232,10 @@ export class TcpPeer {
     }
   }
 
-  async #read(): Promise<void> {
-    const failed = await readLines(this.conn.readable, this.lines);
+  async #read(reading: Reading): Promise<void> {
+    const failed = reading === "lines"
+      ? await readLines(this.conn.readable, this.lines)
+      : await countBytes(this.conn.readable, this.lines);
     this.endedBecause = this.#closedByUs
       ? "closed by labcheck"
       : failed ?? "closed by the server";
