@@ -6,8 +6,9 @@
  * @module
  */
 
-import { type Reading, ResettingPeer, TcpPeer, token } from "./peer.ts";
-import { quote, type Report } from "./report.ts";
+import { cutInCharacter, type Reading, ResettingPeer } from "./peer.ts";
+import { TcpPeer, token, UTF8_TEXT } from "./peer.ts";
+import { LESSONS, quote, type Report } from "./report.ts";
 
 const PROTOCOL = "The protocol";
 const CONCURRENT = "Iterative and concurrent servers: what to observe";
@@ -27,8 +28,6 @@ const FLOOD_LINE_BYTES = 4000;
 const FLOOD_BYTES = 6 * 1024 * 1024;
 /** ... and how long the others may hear nothing before it is a stall. */
 const STALL_MS = 5000;
-/** A UTF-8 text whose emoji is cut in two by the split write. */
-const UTF8_TEXT = "✓ नमस्ते 😀 done";
 
 type Target = { host: string; port: number };
 
@@ -51,14 +50,7 @@ export async function checkChat(
     const chat = new ChatChecks(report, target, join);
     await (iterative ? chat.inTurn() : chat.all());
   } catch (error) {
-    report.fail(
-      "connects",
-      `cannot connect to ${target.host}:${target.port}: ${
-        (error as Error).message
-      }`,
-      "start the server first, and give labcheck its address and port",
-      "Quick start",
-    );
+    report.cannotConnect(`${target.host}:${target.port}`, error);
   } finally {
     for (const peer of peers) peer.close();
   }
@@ -245,9 +237,7 @@ class ChatChecks {
 
   async splitCharacter(a: TcpPeer, b: TcpPeer): Promise<void> {
     const sent = token();
-    const bytes = new TextEncoder().encode(`utf8 ${sent} ${UTF8_TEXT}\n`);
-    const cut = bytes.indexOf(0xf0) + 2; // inside the emoji's 4 bytes
-    await a.writeInPieces([bytes.subarray(0, cut), bytes.subarray(cut)]);
+    await a.writeInPieces(cutInCharacter(`utf8 ${sent} ${UTF8_TEXT}\n`));
     await b.lines.has(sent, RELAY_MS);
     const lines = b.lines.with(sent);
     if (lines.some((line) => line.includes(`${sent} ${UTF8_TEXT}`))) {
@@ -267,7 +257,7 @@ class ChatChecks {
     this.report.fail(
       "split character",
       what,
-      "decode whole lines, not each recv(): a UTF-8 character can be cut between two reads",
+      LESSONS.splitCharacter,
       PROTOCOL,
     );
   }

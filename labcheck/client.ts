@@ -4,8 +4,9 @@
  * @module
  */
 
-import { Lines, readLines, TcpPeer, token, within } from "./peer.ts";
-import { quote, type Report } from "./report.ts";
+import { cutInCharacter, Lines, readLines, TcpPeer } from "./peer.ts";
+import { token, UTF8_TEXT, within } from "./peer.ts";
+import { LESSONS, quote, type Report } from "./report.ts";
 
 const PROTOCOL = "The protocol";
 const READING = "Reading the code";
@@ -14,7 +15,6 @@ const CONNECT_MS = 20_000;
 const SHOW_MS = 3000; // how long a line may take to show
 const EXIT_MS = 5000; // how long the client may take to notice a close
 const SPIN_LINES = 50; // lines printed after the close that make a spin
-const UTF8_TEXT = "✓ नमस्ते 😀 done";
 
 /** The client checks, each a line in `report`. */
 export async function checkClient(report: Report, command: string) {
@@ -245,14 +245,8 @@ class ClientChecks {
 
   async splitCharacter(): Promise<void> {
     const [sent, after] = [token(), token()];
-    const bytes = new TextEncoder().encode(
-      `<lcServer> utf8 ${sent} ${UTF8_TEXT}\n`,
-    );
-    const cut = bytes.indexOf(0xf0) + 2; // inside the emoji's 4 bytes
-    await this.server!.writeInPieces([
-      bytes.subarray(0, cut),
-      bytes.subarray(cut),
-    ]);
+    const line = `<lcServer> utf8 ${sent} ${UTF8_TEXT}\n`;
+    await this.server!.writeInPieces(cutInCharacter(line));
     await this.server!.write(`<lcServer> after ${after}\n`);
     const output = this.program.stdout;
     await this.shows(after);
@@ -274,7 +268,7 @@ class ClientChecks {
     this.report.fail(
       "split character",
       what,
-      "decode whole lines, not each recv(): a UTF-8 character can be cut between two reads",
+      LESSONS.splitCharacter,
       PROTOCOL,
     );
   }

@@ -69,14 +69,7 @@ export async function checkInventory(report: Report, target: Target) {
   try {
     asker = await Asker.connect(target);
   } catch (error) {
-    return report.fail(
-      "connects",
-      `cannot connect to ${target.host}:${target.port}: ${
-        (error as Error).message
-      }`,
-      "start the server first, and give labcheck its address and port",
-      "Quick start",
-    );
+    return report.cannotConnect(`${target.host}:${target.port}`, error);
   }
   report.pass("connects", "a client connected");
   const item = `labcheck-${token()}`;

@@ -22,6 +22,15 @@ let made = 0;
 /** A new unique token: lines are told apart by the tokens they carry. */
 export const token = () => `lc${run}x${++made}`;
 
+/** A UTF-8 text with an emoji, which a split write cuts in two. */
+export const UTF8_TEXT = "✓ नमस्ते 😀 done";
+/** `line`'s bytes in two pieces, cut inside its emoji's 4 bytes. */
+export function cutInCharacter(line: string): [Uint8Array, Uint8Array] {
+  const bytes = new TextEncoder().encode(line);
+  const cut = bytes.indexOf(0xf0) + 2;
+  return [bytes.subarray(0, cut), bytes.subarray(cut)];
+}
+
 /** Settles after `ms`: for the pause that splits a write in two. */
 export const pause = (ms: number) =>
   new Promise<void>((resolve) => setTimeout(resolve, ms));

@@ -26,6 +26,12 @@ const MARKS: Record<Outcome, string> = {
   skip: "skipped:",
 };
 
+/** Lessons that more than one mode teaches. */
+export const LESSONS = {
+  splitCharacter:
+    "decode whole lines, not each recv(): a UTF-8 character can be cut between two reads",
+};
+
 /** Shows what a program printed or sent, cleaned and cut short. */
 export function quote(text: string, most = 60): string {
   const clean = cleanText(text);
@@ -46,6 +52,16 @@ export class Report {
   /** A failure: what happened, the lesson, and where the README explains it. */
   fail(check: string, text: string, lesson: string, readme: string): void {
     this.#add({ check, outcome: "fail", text, lesson, readme });
+  }
+  /** The program cannot be reached: the first check fails. */
+  cannotConnect(where: string, error: unknown): void {
+    const why = error instanceof Error ? error.message : String(error);
+    this.fail(
+      "connects",
+      `cannot connect to ${where}: ${why}`,
+      "start the server first, and give labcheck its address and port",
+      "Quick start",
+    );
   }
   note(check: string, text: string): void {
     this.#add({ check, outcome: "note", text });
