@@ -27,6 +27,8 @@ export async function checkClient(report: Report, command: string) {
   try {
     child = new Deno.Command(words[0], {
       args: words.slice(1),
+      // `deno task` runs in socklab's folder: the command, where it was typed.
+      cwd: Deno.env.get("INIT_CWD") ?? Deno.cwd(),
       stdin: "piped",
       stdout: "piped",
       stderr: "piped",
@@ -42,6 +44,9 @@ export async function checkClient(report: Report, command: string) {
     );
   }
   const program = new Program(child);
+  // A client that asks for a name before it connects takes this line; one
+  // that asks after, too; others send it as a first message.
+  await program.type("lcname");
   try {
     await new ClientChecks(report, program).run(listener);
   } finally {
@@ -49,10 +54,58 @@ export async function checkClient(report: Report, command: string) {
   }
 }
 
-/** Splits a command line into words; quotes ("..." or '...') group them. */
+/**
+ * Splits a command line into words as a POSIX shell does, without running
+ * one: '...' is taken as it is, "..." and \ escape the next character.
+ */
 export function splitCommand(command: string): string[] {
-  const words = command.match(/"[^"]*"|'[^']*'|\S+/g) ?? [];
-  return words.map((word) => word.replace(/^(["'])(.*)\1$/, "$2"));
+  const words: string[] = [];
+  let word: string | undefined;
+  let quote = "";
+  for (let i = 0; i < command.length; i++) {
+    const c = command[i];
+    const escapes = c === "\\" && quote !== "'" &&
+      (quote === "" || /["\\$`]/.test(command[i + 1]));
+    if (escapes) word = (word ?? "") + command[++i];
+    else if (c === quote) quote = "";
+    else if (quote === "" && (c === '"' || c === "'")) {
+      [quote, word] = [c, word ?? ""];
+    } else if (quote === "" && /\s/.test(c)) {
+      if (word !== undefined) words.push(word);
+      word = undefined;
+    } else word = (word ?? "") + c;
+  }
+  if (word !== undefined) words.push(word);
+  return words;
+}
+
+/** Programs started and not yet stopped: a signal to labcheck stops them. */
+const running = new Set<Program>();
+/** Stops every client labcheck started (Ctrl-C, or labcheck's time limit). */
+export function stopClients(): void {
+  for (const program of running) program.stop();
+}
+
+/** A process and all it started (Linux: its descendants, from /proc). */
+function processTree(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  try {
+    for (const entry of Deno.readDirSync("/proc")) {
+      if (!/^\d+$/.test(entry.name)) continue;
+      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
+      const parent = Number(
+        stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1],
+      );
+      children.set(parent, [...children.get(parent) ?? [], Number(entry.name)]);
+    }
+  } catch {
+    // No /proc (macOS, Windows), or a process that ended meanwhile.
+  }
+  const tree = [pid];
+  for (let i = 0; i < tree.length; i++) {
+    tree.push(...children.get(tree[i]) ?? []);
+  }
+  return tree;
 }
 
 /** The client under test: its input, its output, and whether it runs. */
@@ -65,6 +118,7 @@ class Program {
 
   constructor(readonly child: Deno.ChildProcess) {
     this.#input = child.stdin.getWriter();
+    running.add(this);
     readLines(child.stdout, this.stdout).then(() => this.stdout.end());
     readLines(child.stderr, this.stderr).then(() => this.stderr.end());
     this.exited = child.status.then((status) => {
@@ -96,12 +150,22 @@ class Program {
     }
   }
 
+  /** Kills the client, and what it started (`sh client.sh`, `go run`). */
   stop(): void {
+    running.delete(this);
     this.#input.close().catch(() => {});
+    const [, ...started] = processTree(this.child.pid);
     try {
       this.child.kill("SIGKILL");
     } catch {
       // It has exited.
+    }
+    for (const pid of started) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+      } catch {
+        // It has exited.
+      }
     }
   }
 }
@@ -152,8 +216,6 @@ class ClientChecks {
 
   async typed(): Promise<boolean> {
     const sent = token();
-    // A client that asks for a name first takes this one.
-    await this.program.type("lcname");
     await this.program.type(`hello ${sent}`);
     if (await this.server!.lines.has(sent, 5000)) {
       this.report.pass(
@@ -285,13 +347,12 @@ class ClientChecks {
     if (!this.receiving) {
       return report.skip(check, "the client no longer receives (see above)");
     }
-    const [before, cpu] = [
-      program.stdout.total + program.stderr.total,
-      program.cpuSeconds(),
-    ];
+    const [out, err] = [program.stdout.total, program.stderr.total];
+    const cpu = program.cpuSeconds();
     this.server!.close();
     const start = performance.now();
-    const printed = () => program.stdout.total + program.stderr.total - before;
+    const printed = () =>
+      program.stdout.total - out + program.stderr.total - err;
     // It exits, or goes on; a spinning one is known soon.
     const spun = () => printed() > SPIN_LINES * 100;
     const exited = () => program.exitCode !== undefined;
@@ -319,12 +380,24 @@ class ClientChecks {
         PROTOCOL,
       );
     }
-    if (printed() > 0) {
-      const said = program.stderr.kept.at(-1) ?? program.stdout.kept.at(-1) ??
-        "";
+    // What it printed since: a message, or the traceback of a crash.
+    const said = [...program.stdout.since(out), ...program.stderr.since(err)]
+      .filter((line) => line.trim() !== "");
+    const crash = said.find((line) =>
+      /Traceback|^\w*(Error|Exception)\b/.test(line)
+    );
+    if (crash) {
+      return report.fail(
+        check,
+        `when the server closed, the client crashed: ${quote(crash)}`,
+        lesson,
+        PROTOCOL,
+      );
+    }
+    if (said.length > 0) {
       return report.pass(
         check,
-        `the client says the server closed: ${quote(said)}`,
+        `the client says the server closed: ${quote(said.at(-1)!)}`,
       );
     }
     report.fail(

@@ -10,9 +10,10 @@
  * @module
  */
 
-import { argsOrExit, type FlagRow, parseFlags, UsageError } from "../shared.ts";
+import { argsOrExit, type FlagRow, onStopSignals } from "../shared.ts";
+import { parseFlags, UsageError } from "../shared.ts";
 import { checkChat } from "./chat.ts";
-import { checkClient } from "./client.ts";
+import { checkClient, stopClients } from "./client.ts";
 import { checkInventory } from "./inventory.ts";
 import { Report } from "./report.ts";
 import { checkMonth, checkUdpChat } from "./udp.ts";
@@ -115,7 +116,13 @@ async function main(): Promise<void> {
     if (mode === "month") return checkMonth(report, target);
     return checkInventory(report, target);
   };
+  // Ctrl-C or a kill: the client under test goes too.
+  onStopSignals(() => {
+    stopClients();
+    Deno.exit(130);
+  });
   const timer = setTimeout(() => {
+    stopClients();
     report.fail(
       "time limit",
       `labcheck stopped after ${RUN_LIMIT_MS / 1000} s`,

@@ -6,7 +6,7 @@
  */
 
 import { type Frame, LINE_TOO_LONG, LineFramer } from "../shared.ts";
-import { networkReason } from "../shared.ts";
+import { addressText, networkReason } from "../shared.ts";
 import net from "node:net";
 
 /** The longest line a peer keeps whole; a longer one is counted, not kept. */
@@ -90,6 +90,7 @@ export class Lines {
   /** Waits until `holds()` is true: @returns false at the time limit */
   async until(holds: () => boolean, ms: number): Promise<boolean> {
     if (holds()) return true;
+    if (this.ended) return false; // nothing more will come
     let wake = () => {};
     const done = new Promise<boolean>((resolve) => {
       wake = () => {
@@ -101,6 +102,11 @@ export class Lines {
     const result = await within(done, ms);
     this.#waiters.delete(wake);
     return result ?? holds();
+  }
+  /** The lines that came after the first `count` (as `total` counted). */
+  since(count: number): string[] {
+    const fresh = this.total - count;
+    return fresh > 0 ? this.kept.slice(-Math.min(fresh, this.kept.length)) : [];
   }
   /** Waits for a token: @returns false if it did not come in time */
   has(tokenText: string, ms: number): Promise<boolean> {
@@ -287,6 +293,9 @@ export class ResettingPeer {
 export class UdpPeer {
   readonly lines = new Lines();
   readonly socket: Deno.DatagramConn;
+  /** Where datagrams came from that were not the target (host:port). */
+  readonly elsewhere = new Set<string>();
+  sendError?: string; // why the last send failed, if it did
   #target: Deno.NetAddr;
 
   constructor(host: string, port: number) {
@@ -303,7 +312,10 @@ export class UdpPeer {
       : data;
     return await this.socket.send(bytes, this.#target).then(
       () => true,
-      () => false,
+      (error) => {
+        this.sendError = networkReason(error);
+        return false;
+      },
     );
   }
 
@@ -317,8 +329,8 @@ export class UdpPeer {
     { tries = 4, ms = 1000 } = {},
   ): Promise<string | undefined> {
     for (let i = 0; i < tries; i++) {
-      const start = this.lines.kept.length;
-      const fresh = () => this.lines.kept.slice(start).find(answers);
+      const start = this.lines.total;
+      const fresh = () => this.lines.since(start).find(answers);
       await this.send(request);
       if (await this.lines.until(() => fresh() !== undefined, ms)) {
         return fresh();
@@ -336,7 +348,16 @@ export class UdpPeer {
 
   async #receive(): Promise<void> {
     try {
-      for await (const [bytes] of this.socket) {
+      for await (const [bytes, from] of this.socket) {
+        // A reply counts only from the address asked, as a client's would.
+        const { hostname, port } = from as Deno.NetAddr;
+        const ip = /^[\d.]+$|:/.test(this.#target.hostname);
+        const same = port === this.#target.port &&
+          (!ip || hostname === this.#target.hostname.replace(/^\[|\]$/g, ""));
+        if (!same) {
+          this.elsewhere.add(addressText(from));
+          continue;
+        }
         this.lines.bytes += bytes.length;
         const text = decode(bytes).replace(/\r?\n$/, "");
         for (const line of text.split(/\r?\n/)) this.lines.add(line);

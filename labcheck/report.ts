@@ -34,7 +34,12 @@ export const LESSONS = {
 
 /** Shows what a program printed or sent, cleaned and cut short. */
 export function quote(text: string, most = 60): string {
-  const clean = cleanText(text);
+  // Also the line and paragraph separators and direction marks, which
+  // cleanText passes (they are valid text), but which break a report line.
+  const clean = cleanText(text).replace(
+    /[\u2028\u2029\u200e\u200f\u061c]/g,
+    "",
+  );
   const short = clean.length > most ? clean.slice(0, most) + "..." : clean;
   return JSON.stringify(short);
 }

@@ -50,25 +50,30 @@ async function monthChecks(
   peer: UdpPeer,
   other: UdpPeer,
 ): Promise<void> {
-  const ask = (from: UdpPeer, number: number, text = String(number)) =>
-    from.ask(text, (line) => MONTHS.some((_, i) => names(line, i + 1)));
-  const first = await peer.ask("1");
-  if (first === undefined) {
+  // Only the month asked for counts: a late answer to an earlier request
+  // (UDP asks again) is not taken for this one.
+  const ask = (from: UdpPeer, number: number) =>
+    from.ask(String(number), (line) => names(line, number));
+  const last = (from: UdpPeer) => quote(from.lines.kept.at(-1) ?? "nothing");
+  if (await peer.ask("1") === undefined) {
+    const [elsewhere] = peer.elsewhere;
+    const what = peer.sendError
+      ? `cannot send to ${host}:${port}: ${peer.sendError}`
+      : elsewhere
+      ? `the answers came from ${elsewhere}, not from ${host}:${port}, where the requests went`
+      : `no answer from ${host}:${port} to "1" in 4 tries`;
     report.fail(
       "answers",
-      `no answer from ${host}:${port} to "1" in 4 tries`,
-      "start the server first; it answers each datagram with sendto() to the address recvfrom() gave",
+      what,
+      "answer each datagram from the socket it came to, with sendto() to the address recvfrom() gave",
       UDP,
     );
     return report.skip("the other checks", "they need a server that answers");
   }
   const wrong: string[] = [];
   for (let number = 1; number <= 12; number++) {
-    const answer = await ask(peer, number);
-    if (answer === undefined || !names(answer, number)) {
-      wrong.push(
-        `"${number}" got ${answer === undefined ? "nothing" : quote(answer)}`,
-      );
+    if (await ask(peer, number) === undefined) {
+      wrong.push(`"${number}" got ${last(peer)}`);
     }
   }
   if (wrong.length === 0) report.pass("months", "1 to 12 give the right names");
@@ -80,38 +85,11 @@ async function monthChecks(
       UDP,
     );
   }
-  const stoppers: string[] = [];
-  const bad: [string, Uint8Array | string][] = [
-    ["0", "0"],
-    ["13", "13"],
-    ["-1", "-1"],
-    ["abc", "abc"],
-    ["an empty datagram", ""],
-    ["bytes that are not UTF-8", new Uint8Array([0xff, 0xfe, 0x80])],
-  ]; // deno-fmt-ignore
-  for (const [what, datagram] of bad) {
-    await peer.send(datagram);
-    if (await ask(peer, 5) === undefined) {
-      stoppers.push(what.startsWith("a") || what.startsWith("b") ? what : `"${what}"`);
-      break; // a server that has stopped answers nothing more
-    }
-  }
-  if (stoppers.length === 0) {
-    report.pass(
-      "bad requests",
-      "0, 13, -1, abc, an empty datagram and non-UTF-8 bytes do not stop it",
-    );
-  } else {
-    report.fail(
-      "bad requests",
-      `after ${stoppers[0]}, it no longer answered "5"`,
-      "check a request before you use it, and answer a bad one with an error: one datagram must never stop the server",
-      UDP,
-    );
+  if (!await badRequests(report, peer, ask)) {
     return report.skip("the other checks", "the server stopped answering");
   }
   const [mine, theirs] = await Promise.all([ask(peer, 2), ask(other, 11)]);
-  if (mine && theirs && names(mine, 2) && names(theirs, 11)) {
+  if (mine && theirs) {
     report.pass(
       "two clients",
       "two clients asking at once each get their own answer",
@@ -119,15 +97,12 @@ async function monthChecks(
   } else {
     report.fail(
       "two clients",
-      `asking "2" and "11" at once got ${quote(mine ?? "nothing")} and ${
-        quote(theirs ?? "nothing")
-      }`,
+      `asking "2" and "11" at once got ${last(peer)} and ${last(other)}`,
       "answer each datagram to the address it came from (recvfrom), not to the last client",
       UDP,
     );
   }
-  const big = "7" + " ".repeat(1199);
-  await peer.send(big);
+  await peer.send("7" + " ".repeat(1199));
   if (await ask(peer, 4) !== undefined) {
     report.pass("big datagram", "a 1200-byte datagram does not stop it");
   } else {
@@ -138,6 +113,60 @@ async function monthChecks(
       UDP,
     );
   }
+}
+
+/** Bad requests: none stops the server, and no number outside 1 to 12
+ * gets a month. @returns whether the server still answers */
+async function badRequests(
+  report: Report,
+  peer: UdpPeer,
+  ask: (from: UdpPeer, number: number) => Promise<string | undefined>,
+): Promise<boolean> {
+  const check = "bad requests";
+  const bad: [string, Uint8Array | string][] = [
+    ['"0"', "0"],
+    ['"13"', "13"],
+    ['"-1"', "-1"],
+    ['"abc"', "abc"],
+    ["an empty datagram", ""],
+    ["bytes that are not UTF-8", new Uint8Array([0xff, 0xfe, 0x80])],
+  ]; // deno-fmt-ignore
+  const named: string[] = [];
+  for (const [what, datagram] of bad) {
+    const start = peer.lines.total;
+    await peer.send(datagram);
+    if (await ask(peer, 5) === undefined) {
+      report.fail(
+        check,
+        [`after ${what}, it no longer answered "5"`, ...named].join("; "),
+        "check a request before you use it, and answer a bad one with an error: one datagram must never stop the server",
+        UDP,
+      );
+      return false;
+    }
+    // What came before the answer to "5" answered the bad request.
+    const answers = peer.lines.since(start).filter((line) => !names(line, 5));
+    const month = answers.find((line) =>
+      MONTHS.some((_, i) => names(line, i + 1))
+    );
+    if (/^"-?\d+"$/.test(what) && month) {
+      named.push(`${what} got ${quote(month)}`);
+    }
+  }
+  if (named.length === 0) {
+    report.pass(
+      check,
+      "0, 13, -1, abc, an empty datagram and non-UTF-8 bytes do not stop it",
+    );
+  } else {
+    report.fail(
+      check,
+      named.join(", "),
+      "a number outside 1 to 12 gets an error, not a month (in Python, MONTHS[-1] is the last month)",
+      UDP,
+    );
+  }
+  return true;
 }
 
 /** The UDP chat relay's checks. */
@@ -177,7 +206,11 @@ async function udpChatChecks(
   if (!first?.all) {
     report.fail(
       "relays",
-      `a datagram sent to ${host}:${port} did not reach the other 2 peers in 4 tries`,
+      b.elsewhere.size + c.elsewhere.size > 0
+        ? `datagrams came from ${
+          [...b.elsewhere, ...c.elsewhere][0]
+        }, not from ${host}:${port}, where the peers send`
+        : `a datagram sent to ${host}:${port} did not reach the other 2 peers in 4 tries`,
       "keep the address of each peer that sends, and send each datagram to all the others",
       UDP,
     );
