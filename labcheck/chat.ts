@@ -26,6 +26,7 @@ const RELAY_MS = 3000;
 const FLOOD_SENDERS = 8;
 const FLOOD_LINE_BYTES = 4000;
 const FLOOD_BYTES = 6 * 1024 * 1024;
+const FLOOD_WINDOW = 128; // lines sent that `b` has not heard yet, at most
 /** ... how long the others may hear nothing before it is a stall, and
  * how long the whole flood may take. */
 const STALL_MS = 5000;
@@ -357,13 +358,22 @@ class ChatChecks {
     const [marks, ends] = [senders.map(token), senders.map(token)];
     const lines = Math.ceil(FLOOD_BYTES / FLOOD_SENDERS / FLOOD_LINE_BYTES);
     const filler = "y".repeat(FLOOD_LINE_BYTES - 30);
-    senders.forEach((sender, i) => {
-      const text = `${marks[i]} ${filler}\n`.repeat(lines) + `end ${ends[i]}\n`;
-      sender.write(text, FLOOD_MS);
-    });
-    // Progress: flood lines keep coming to `b` until every sender's end has.
+    let sent = 0; // flood lines sent, by all
     const heard = () =>
       marks.reduce((sum, mark) => sum + b.lines.count(mark), 0);
+    // Never far ahead of what `b` has heard: a server that drops a reader
+    // who falls behind (the lab's good answer) must not drop `b`.
+    const caughtUp = () => sent - heard() < FLOOD_WINDOW;
+    senders.forEach(async (sender, i) => {
+      const piece = `${marks[i]} ${filler}\n`.repeat(16); // 16 lines
+      for (let n = 0; n < lines; n += 16) {
+        if (!await b.lines.until(caughtUp, STALL_MS)) return;
+        sent += 16;
+        if (!await sender.write(piece, STALL_MS)) return;
+      }
+      await sender.write(`end ${ends[i]}\n`);
+    });
+    // Progress: flood lines keep coming to `b` until every sender's end has.
     const done = () => ends.every((end) => b.lines.count(end) > 0);
     const deadline = performance.now() + FLOOD_MS;
     let stalled = false;

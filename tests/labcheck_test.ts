@@ -5,6 +5,7 @@
  */
 
 import { assert, assertEquals, assertMatch } from "@std/assert";
+import { splitCommand } from "../labcheck/client.ts";
 import {
   bannerPort,
   closedPort,
@@ -131,6 +132,7 @@ const FAULTS: [string, string, string[]][] = [
   ["chat", "chat_blocking_broadcast.py", ["slow reader"]],
   ["month", "month_ok.py", []],
   ["month", "month_crash.py", ["bad requests"]],
+  ["month", "month_off_by_one.py", ["bad requests"]],
   ["udp-chat", "udp_duplicates.py", ["no duplicates"]],
 ];
 for (const [mode, file, expected] of FAULTS) {
@@ -250,4 +252,36 @@ Deno.test("labcheck: --help, and a bad command line exits 2", async (t) => {
       assertMatch(run.stderr.all.join("\n"), message);
     });
   }
+});
+
+Deno.test("labcheck --client splits its command as a shell would", () => {
+  assertEquals(splitCommand(`python3 -c "print(\\"a b\\")" {port}`), [
+    "python3",
+    "-c",
+    'print("a b")',
+    "{port}",
+  ]);
+  assertEquals(splitCommand(`a 'b c' "d'e" my\\ client.py --x="1 2" ""`), [
+    "a",
+    "b c",
+    "d'e",
+    "my client.py",
+    "--x=1 2",
+    "",
+  ]);
+});
+
+Deno.test({
+  name: "labcheck --client stops what the client started, too",
+  ignore: !HAS_PYTHON || Deno.build.os !== "linux",
+  async fn() {
+    // sh starts python3, which never exits (it spins): both must go.
+    const client = `${ROOT}tests/labcheck_faults/client_spins.py`;
+    const command = `sh -c 'python3 ${client} "$0" "$1"; true' {host} {port}`;
+    const result = await labcheck("--client", command);
+    assertEquals(checks(result), ["server closes"], result.stdout);
+    const left = new Deno.Command("pgrep", { args: ["-f", client] })
+      .outputSync();
+    assertEquals(new TextDecoder().decode(left.stdout), "", "still running");
+  },
 });
