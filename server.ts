@@ -100,7 +100,6 @@ class Client {
 }
 
 type Handled = void | Promise<void>;
-
 // Receive: hands each whole line to the server; returns why the connection
 // ended. TCP is a byte stream: a read may hold half a line or many, so a
 // LineFramer keeps bytes until a line end arrives.
@@ -134,7 +133,6 @@ async function receiveLines(server: TcpServer, client: Client) {
     return `error: ${networkReason(error)}`;
   }
 }
-
 // Awaits only the promises (the inventory's saves): the chat handles a
 // read's lines in one go, so what they send leaves together.
 async function handleAll(server: TcpServer, client: Client, lines: Frame[]) {
@@ -152,7 +150,6 @@ abstract class TcpServer extends Stoppable {
   readonly listener: Deno.Listener;
   readonly finished: Promise<void>; // settles when it stops accepting
   readonly #clients = new Set<Client>();
-  readonly #perAddress = new Map<string, number>(); // connections from each
   // Wrong passwords by address, and when it may try again (authenticate).
   readonly guesses = new Map<string, { wrong: number; nextTry: number }>();
   readonly takesTurns: boolean; // iterative with a password or TLS: see letIn
@@ -175,7 +172,6 @@ abstract class TcpServer extends Stoppable {
     );
     this.finished = acceptLoop(this);
   }
-
   /** The address actually bound (port 0 becomes a real port). */
   get addr(): Deno.NetAddr {
     return this.listener.addr as Deno.NetAddr;
@@ -185,14 +181,13 @@ abstract class TcpServer extends Stoppable {
     const client = new Client(conn, this.options);
     this.log(`connection from ${client.address}`);
     const { maxClients, maxPerAddress, password } = this.options;
-    const fromHost = this.#perAddress.get(client.host) ?? 0;
-    if (this.#clients.size >= maxClients) {
-      return await refuse(this, client, "server full");
-    }
+    let fromHost = 0; // connections from its address
+    for (const { host } of this.#clients) if (host === client.host) fromHost++;
+    const full = this.#clients.size >= maxClients;
+    if (full) return await refuse(this, client, "server full");
     const tooMany = "too many connections from your address";
     if (fromHost >= maxPerAddress) return await refuse(this, client, tooMany);
     this.#clients.add(client);
-    this.#perAddress.set(client.host, fromHost + 1);
     client.admitTimer = setTimeout(() => {
       // Before the TLS handshake nothing can be said: just close.
       if (!client.greeted) closeQuietly(client.conn);
@@ -210,11 +205,7 @@ abstract class TcpServer extends Stoppable {
     const reason = noTls ?? await receiveLines(this, client);
     this.close(client, reason);
     await client.closed.promise;
-    const left = this.#perAddress.get(client.host)! - 1;
-    if (left > 0) this.#perAddress.set(client.host, left);
-    else this.#perAddress.delete(client.host);
   }
-
   /** Past TLS and the password: a client may now use the service. */
   letIn(client: Client): Handled {
     clearTimeout(client.admitTimer);
@@ -227,7 +218,6 @@ abstract class TcpServer extends Stoppable {
       if (!client.leftBecause) this.admit(client);
     });
   }
-
   /** A line: too long, before the password, or the service's to handle. */
   onLine(client: Client, line: Frame): Handled {
     if (client.leftBecause) return;
@@ -264,7 +254,6 @@ abstract class TcpServer extends Stoppable {
     client.outbox.send(encodeLine(tooSlow), true);
     this.close(client, "too slow");
   }
-
   sendLine(client: Client, line: string): void {
     this.send(client, encodeLine(line));
   }
@@ -283,16 +272,13 @@ abstract class TcpServer extends Stoppable {
     this.left(client, reason);
     client.outbox.close(reason).then(client.closed.resolve);
   }
-
   disconnect(client: Client, why: string, reason = why): void {
     this.sendError(client, `${why}: disconnecting`);
     this.close(client, reason);
   }
-
   protected left(client: Client, reason: string): void {
     this.log(`${client.address} disconnected (${reason})`);
   }
-
   /** Stops accepting, tells every client, closes each once its lines are out. */
   protected override async shutDown(): Promise<void> {
     this.log("shutting down");
@@ -308,20 +294,15 @@ abstract class TcpServer extends Stoppable {
     await this.finished;
     this.log("stopped");
   }
-
   protected async beforeShutdown(): Promise<void> {} // e.g. finish saving
   protected readonly goodbye?: string; // the chat says it stops
-  log(text: string): void {
-    this.options.print(logLine(text));
-  }
+  log = (text: string) => this.options.print(logLine(text));
 }
 
 function closeQuietly(socket: { close(): void }): void {
   try {
     socket.close();
-  } catch {
-    // Already closed.
-  }
+  } catch { /* closed already */ }
 }
 
 // --- 4. The chat's protocol: the chat room's rules over TCP -----------------
@@ -343,23 +324,19 @@ export class ChatServer extends TcpServer {
   });
   #batch: string[] = [];
   #batchSkips?: Client;
-
   /** Creates, binds and listens, then accepts clients. */
   static start(options: Partial<ServerOptions> = {}): ChatServer {
     return new ChatServer(options);
   }
-
   // A client joins on its first line, or as a guest if none comes soon:
   // one whose first line is `/nick NAME` (client.ts) joins under that name.
   admit(client: Client): void {
     const join = () => this.#join(client);
     client.nameTimer = setTimeout(join, this.options.nameWaitMs);
   }
-
   protected override askPassword(client: Client): void {
     this.sendLine(client, SAYS.passwordNeeded);
   }
-
   #join(client: Client, name?: string): void {
     clearTimeout(client.nameTimer);
     client.nameTimer = undefined;
@@ -368,7 +345,6 @@ export class ChatServer extends TcpServer {
     const others = "other clients wait in the backlog until it leaves";
     this.log(`serving ${client.name} alone; ${others}`);
   }
-
   /** The protocol: the first line may name the client; then, the room's rules. */
   protected handleLine(client: Client, line: string): void {
     const input = parseChatInput(line);
@@ -384,7 +360,6 @@ export class ChatServer extends TcpServer {
     }
     this.room.handle(client, line);
   }
-
   // Send to everyone but `except`. A read's lines are gathered, encoded
   // once for all, and go as one piece into each client's outbox.
   #broadcast(line: string, except?: Client): void {
@@ -392,7 +367,6 @@ export class ChatServer extends TcpServer {
     if (this.#batch.push(line) === 1) queueMicrotask(() => this.#sendBatch());
     this.#batchSkips = except;
   }
-
   #sendBatch(): void {
     if (this.#batch.length === 0) return;
     const text = this.#batch.join("\n");
@@ -402,13 +376,11 @@ export class ChatServer extends TcpServer {
       if (client !== skip) this.send(client, bytes);
     }
   }
-
   /** A line to one client comes after the room's lines sent before it. */
   override sendLine(client: Client, line: string): void {
     this.#sendBatch();
     super.sendLine(client, line);
   }
-
   readonly errorText = errorLine;
   protected readonly tooLong =
     `line too long (over ${this.options.maxLineBytes} bytes): it was not sent`;
@@ -419,7 +391,6 @@ export class ChatServer extends TcpServer {
     if (client.name) this.room.leave(client, reason);
     else this.log(`${client.address} left (${reason})`);
   }
-
   /** Every connection is told, joined yet or not. */
   protected override readonly goodbye = SAYS.shuttingDown;
 
@@ -476,7 +447,6 @@ const DEFAULTS = {
   quiet: false, // chat: keep the room's messages off the console
   print: (line: string) => console.log(line),
 };
-
 /** The options of both services: the defaults, and what has none. */
 export type ServerOptions = typeof DEFAULTS & {
   password?: string;
@@ -484,7 +454,6 @@ export type ServerOptions = typeof DEFAULTS & {
   dataFile?: string; // inventory: the file that keeps the stock
   trace?: Trace; // prints each socket step, for study (--trace)
 };
-
 /** Tells a connection it cannot come in (`why`), and closes it. */
 async function refuse(server: TcpServer, client: Client, why: string) {
   server.log(`refused ${client.address}: ${why}`);
@@ -496,10 +465,8 @@ async function refuse(server: TcpServer, client: Client, why: string) {
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
-
 /** Wrong passwords a connection may send before it is closed. */
 const PASSWORD_TRIES = 3;
-
 // Before `/auth` with the right password, a client may do nothing else.
 // Against guessing, each wrong password makes its address wait longer (1 s,
 // 2 s, 4 s, up to 32 s) before its next try, however many connections it
@@ -535,13 +502,10 @@ function authenticate(server: TcpServer, client: Client, line: string) {
   if (client.wrongPasswords < PASSWORD_TRIES) return;
   server.disconnect(client, "too many wrong passwords", "wrong password");
 }
-
 /** How long a leaving client may take to receive its last lines. */
 const FINAL_FLUSH_MS = 3000;
-
 /** A queued piece's objects, counted with its bytes against --max-pending. */
 const PIECE_COST = 128;
-
 /**
  * Why the outbox: each client has its own, so a slow reader delays nobody
  * else, and it is capped, so such a client cannot grow the server's memory
@@ -570,12 +534,10 @@ export class Outbox {
     this.#writing ??= this.#writeQueued();
     return true;
   }
-
   get halfFull(): boolean {
     return this.#unsent > this.maxPendingBytes / 2;
   }
   emptied = async () => await this.#writing;
-
   /** Takes no more; sends what is queued (a few seconds at most), then closes. */
   async close(reason: string): Promise<void> {
     this.#stopped = true;
@@ -586,7 +548,6 @@ export class Outbox {
     closeQuietly(this.conn);
     this.trace?.(`close ${this.label()}: ${reason}`);
   }
-
   // All the pieces in one buffer, in order: one write, not one each. Over
   // 4 KiB, into this outbox's own buffer, kept for the next time: a fresh
   // big buffer for each write doubled the burst's CPU (bench/README.md).
@@ -603,7 +564,6 @@ export class Outbox {
     }
     return joined;
   }
-
   async #writeQueued(): Promise<void> {
     await endOfTurn(); // what every read of this turn sends goes too
     while (this.#pending.length > 0) {
@@ -625,7 +585,6 @@ export class Outbox {
 }
 
 let turnEnds: Promise<void> | undefined;
-
 /** Settles once the event loop's turn ends: one timer for all who wait. */
 function endOfTurn(): Promise<void> {
   return turnEnds ??= new Promise((resolve) =>
@@ -637,15 +596,12 @@ function endOfTurn(): Promise<void> {
 
 type Change = { action: "add" | "remove"; item: string; quantity: number };
 type InventoryRequest = Change | { action: "view" } | { action: "help" };
-
 /** A request that cannot be served, with the reason for the client. */
 class BadRequest extends Error {}
-
 /** Refuses the request unless `condition` holds (TypeScript then knows it). */
 function check(condition: unknown, problem: string): asserts condition {
   if (!condition) throw new BadRequest(problem);
 }
-
 // A request is a JSON object, or the same as words for nc users (`add Green
 // Tea 5`): both give the same fields, checked here once. Why JSON, not
 // pickle: JSON is data only, never run.
@@ -687,7 +643,6 @@ function fromJson(text: string): Record<string, unknown> {
   check(object, 'a request must be a JSON object, like {"action":"view"}');
   return value;
 }
-
 /** `add Green Tea 5` as the fields of the same request in JSON. */
 function fromWords(text: string): Record<string, unknown> {
   const words = text.split(/\s+/);
@@ -699,13 +654,10 @@ function fromWords(text: string): Record<string, unknown> {
   const quantity = /^\d+$/.test(last) ? Number(last) : NaN;
   return { action, item: words.slice(1, -1).join(" "), quantity };
 }
-
 /** The most items the stock holds: each reply carries the whole stock. */
 const MAX_ITEMS = 1000;
-
 /** A change, the address it came from, and its reply once it is saved. */
 type Queued = [Change, string, PromiseWithResolvers<InventoryReply>];
-
 /** A running inventory server: the same sockets, another protocol. */
 export class InventoryServer extends TcpServer {
   protected override readonly pacesAll = false; // a request waits its save
@@ -713,8 +665,7 @@ export class InventoryServer extends TcpServer {
   #dataFile?: DataFile;
   #queued: Queued[] = []; // changes for the next save
   #committing?: Promise<void>;
-
-  /** Takes the data file, if any (or throws a DataFileError); listens. */
+  /** Takes the data file, if any (or throws a FileError); listens. */
   static async start(options: Partial<ServerOptions> = {}) {
     const path = options.dataFile;
     const [file, stock] = path ? await DataFile.open(path) : [];
@@ -723,7 +674,6 @@ export class InventoryServer extends TcpServer {
     server.#stock = new Map(Object.entries(stock ?? {}));
     return server;
   }
-
   get stock(): Stock {
     return Object.fromEntries(this.#stock);
   }
@@ -732,7 +682,6 @@ export class InventoryServer extends TcpServer {
     const reply = JSON.stringify({ ok: true, message: "authenticated" });
     if (this.options.password) this.sendLine(client, reply);
   }
-
   /** Answers one request line with one JSON line, once a change is saved. */
   protected async handleLine(client: Client, line: string): Promise<void> {
     if (line.trim() === "") return;
@@ -744,7 +693,6 @@ export class InventoryServer extends TcpServer {
     });
     this.sendLine(client, JSON.stringify(reply));
   }
-
   async #answer(address: string, line: string): Promise<InventoryReply> {
     if (/^\s*\/auth\b/i.test(line)) {
       return { ok: true, message: "authenticated already" };
@@ -757,7 +705,6 @@ export class InventoryServer extends TcpServer {
     this.#committing ??= this.#commitQueued();
     return await done.promise; // once it is saved, or refused
   }
-
   // The changes queued meanwhile are applied to a copy of the stock and
   // saved together; only then is the copy the stock and each one done. A
   // failed save changes nothing, so memory and file always agree.
@@ -780,7 +727,6 @@ export class InventoryServer extends TcpServer {
     }
     this.#committing = undefined;
   }
-
   readonly errorText = (text: string) => JSON.stringify(failure(text));
   protected readonly tooLong =
     `request too long (over ${this.options.maxLineBytes} bytes)`;
@@ -790,7 +736,6 @@ export class InventoryServer extends TcpServer {
     this.#dataFile?.lock.close(); // lets the lock go
   }
 }
-
 /** Adds or removes in `stock`, or says why not: all of a change, or none. */
 function applyChange(
   stock: Map<string, number>,
@@ -821,14 +766,14 @@ function failure(error: string): InventoryReply {
 
 // --- The data file: each change is saved before it is acknowledged ----------
 
-/** The data file cannot be used: the message says why. */
-export class DataFileError extends Error {}
+/** A file (the data file, TLS's PEM files) cannot be used: it says why. */
+export class FileError extends Error {}
 
-/** Reads the stock (a missing file is an empty one), or a DataFileError. */
+/** Reads the stock (a missing file is an empty one), or a FileError. */
 async function loadStock(path: string): Promise<Stock> {
   const left = "The file was left as it is.";
   const corrupt = (why: string) =>
-    new DataFileError(`Cannot load "${path}": ${cleanText(why)}. ${left}`);
+    new FileError(`Cannot load "${path}": ${cleanText(why)}. ${left}`);
   let data;
   try {
     data = JSON.parse(await Deno.readTextFile(path));
@@ -837,7 +782,7 @@ async function loadStock(path: string): Promise<Stock> {
     if (error instanceof SyntaxError) {
       throw corrupt(`not valid JSON (${error.message})`);
     }
-    throw new DataFileError(`Cannot read "${path}": ${fileReason(error)}`);
+    throw new FileError(`Cannot read "${path}": ${fileReason(error)}`);
   }
   const object = !!data && typeof data === "object" && !Array.isArray(data);
   if (!object) throw corrupt('not a JSON object like {"Soap": 200}');
@@ -856,7 +801,6 @@ function fileReason(error: unknown): string {
   if (error instanceof Deno.errors.IsADirectory) return "it is a folder";
   return (error as Error).message;
 }
-
 // The stock's file, for one server alone (a lock, `FILE.lock`, that the
 // system lets go when the process ends, even on kill -9). A save writes a
 // temporary file, flushes it to the disk, and renames it over the old one:
@@ -864,10 +808,10 @@ function fileReason(error: unknown): string {
 class DataFile {
   private constructor(readonly path: string, readonly lock: Deno.FsFile) {}
 
-  /** Takes the file for this server, and its stock; or a DataFileError. */
+  /** Takes the file for this server, and its stock; or a FileError. */
   static async open(path: string): Promise<[DataFile, Stock]> {
     const cannot = (why: string) =>
-      new DataFileError(`Cannot use "${path}": ${why}`);
+      new FileError(`Cannot use "${path}": ${why}`);
     const lock = await Deno.open(`${path}.lock`, { write: true, create: true })
       .catch((error) => Promise.reject(cannot(fileReason(error))));
     try {
@@ -881,7 +825,6 @@ class DataFile {
       throw error;
     }
   }
-
   /** Saves `stock`: @returns undefined once it is on disk, else why not */
   async save(stock: Stock): Promise<string | undefined> {
     const temporary = `${this.path}.tmp`;
@@ -955,7 +898,6 @@ SECURITY AND LIMITS (see the README; the default limits never bother normal use)
 
 At the server's console, TEXT goes to every client as <NAME> TEXT; /who lists
 who is online, /kick NAME disconnects NAME, /quit tells all and stops (as Ctrl-C).`;
-
 /** Reads the server's flags. @throws {UsageError} for a bad flag */
 export function parseServerArgs(args: string[]) {
   const flags = parseFlags(args, FLAGS, 0);
@@ -983,13 +925,12 @@ export function parseServerArgs(args: string[]) {
     iterative: flags.iterative === true,
     quiet: flags.quiet === true,
     dataFile,
-    tlsFiles: certFile && keyFile ? { certFile, keyFile } : undefined,
+    tlsFiles: certFile && keyFile ? [certFile, keyFile] : undefined,
     password: passwordFrom(flags.password),
     tracing: flags.trace === true,
     ...limits as Partial<ServerOptions>,
   };
 }
-
 /** The banner: where the server listens and how others can connect. */
 export function bannerLines(server: ChatServer | InventoryServer): string[] {
   const { hostname, port } = server.addr;
@@ -1022,39 +963,32 @@ export function bannerLines(server: ChatServer | InventoryServer): string[] {
   ];
 }
 
-/** Reads a file, or exits with a clear message (TLS: the PEM files). */
-function readOrExit(file: string): string {
-  try {
-    return Deno.readTextFileSync(file);
-  } catch (error) {
-    console.error(`Cannot read "${file}": ${fileReason(error)}`);
-    Deno.exit(1);
-  }
-}
-
 async function main(): Promise<void> {
   const { tlsFiles, tracing, ...options } = argsOrExit(parseServerArgs, USAGE);
   const terminal = new LineConsole();
   const print = (line: string) => terminal.print(line);
   const trace = tracing ? (step: string) => print(logLine(step)) : undefined;
-  const tls = tlsFiles &&
-    { cert: readOrExit(tlsFiles.certFile), key: readOrExit(tlsFiles.keyFile) };
   let server;
   try {
+    const read = (file: string) =>
+      Deno.readTextFile(file).catch((error) => {
+        throw new FileError(`Cannot read "${file}": ${fileReason(error)}`);
+      });
+    const [cert, key] = await Promise.all((tlsFiles ?? []).map(read));
+    const tls = cert ? { cert, key } : undefined;
     // Both services start the same way; the chat's start is not async.
     const Service = options.service === "chat" ? ChatServer : InventoryServer;
     server = await Service.start({ ...options, tls, print, trace });
   } catch (error) {
     const where = `"${options.host}:${options.port}"`;
-    if (error instanceof DataFileError) console.error(error.message);
+    if (error instanceof FileError) console.error(error.message);
     else console.error(`Cannot listen on ${where}: ${networkReason(error)}`);
     Deno.exit(1);
   }
   // Ready for Ctrl-C before the banner tells anyone the server is up.
   onStopSignals(() => server.stop());
   terminal.onInterrupt = () => server.stop();
-  const bound = addressText(server.addr);
-  trace?.(`listen ${bound}: the kernel now queues connecting clients`);
+  trace?.(`listen ${addressText(server.addr)}: the kernel queues clients now`);
   bannerLines(server).forEach(print);
   if (server instanceof ChatServer) {
     const ended = "console input ended; the server goes on";
