@@ -31,10 +31,8 @@ import { RateLimit, sweepIdle } from "./shared.ts";
 
 // --- 1. Create, bind, listen ------------------------------------------------
 
-/**
- * Creates a TCP socket, binds it to `host:port` and listens: one call in
- * Deno. The kernel then queues connections (the backlog) until `accept`.
- */
+/** Creates a TCP socket, binds it to `host:port` and listens: one call in
+ * Deno. The kernel then queues connections (the backlog) until `accept`. */
 export function listen({ host, port, tls }: ServerOptions): Deno.Listener {
   if (tls) return Deno.listenTls({ hostname: host, port, ...tls });
   return Deno.listen({ hostname: host, port });
@@ -506,11 +504,9 @@ function authenticate(server: TcpServer, client: Client, line: string) {
 const FINAL_FLUSH_MS = 3000;
 /** A queued piece's objects, counted with its bytes against --max-pending. */
 const PIECE_COST = 128;
-/**
- * Why the outbox: each client has its own, so a slow reader delays nobody
+/** Why the outbox: each client has its own, so a slow reader delays nobody
  * else, and it is capped, so such a client cannot grow the server's memory
- * without bound. What a turn of the event loop queues goes in one write.
- */
+ * without bound. What a turn of the event loop queues goes in one write. */
 export class Outbox {
   #pending: Uint8Array[] = [];
   #unsent = 0; // what is queued or being written, with PIECE_COST each
