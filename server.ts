@@ -96,8 +96,8 @@ class Client {
     this.rate = new RateLimit(rateLimit, burst);
   }
 }
-
 type Handled = void | Promise<void>;
+
 // Receive: hands each whole line to the server; returns why the connection
 // ended. TCP is a byte stream: a read may hold half a line or many, so a
 // LineFramer keeps bytes until a line end arrives.
@@ -131,6 +131,7 @@ async function receiveLines(server: TcpServer, client: Client) {
     return `error: ${networkReason(error)}`;
   }
 }
+
 // Awaits only the promises (the inventory's saves): the chat handles a
 // read's lines in one go, so what they send leaves together.
 async function handleAll(server: TcpServer, client: Client, lines: Frame[]) {
@@ -459,10 +460,10 @@ async function refuse(server: TcpServer, client: Client, why: string) {
   await Promise.race([told, sleep(1000)]).catch(() => {}); // gone already
   closeQuietly(client.conn);
 }
-
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
 /** Wrong passwords a connection may send before it is closed. */
 const PASSWORD_TRIES = 3;
 // Before `/auth` with the right password, a client may do nothing else.
@@ -513,7 +514,6 @@ export class Outbox {
   #writing?: Promise<void>;
   #joined = new Uint8Array(0); // joins big writes, reused
   #stopped = false; // closing, or the client has gone
-
   constructor(
     readonly conn: Deno.Conn,
     readonly maxPendingBytes: number,
@@ -650,6 +650,7 @@ function fromWords(text: string): Record<string, unknown> {
   const quantity = /^\d+$/.test(last) ? Number(last) : NaN;
   return { action, item: words.slice(1, -1).join(" "), quantity };
 }
+
 /** The most items the stock holds: each reply carries the whole stock. */
 const MAX_ITEMS = 1000;
 /** A change, the address it came from, and its reply once it is saved. */
@@ -726,12 +727,12 @@ export class InventoryServer extends TcpServer {
   readonly errorText = (text: string) => JSON.stringify(failure(text));
   protected readonly tooLong =
     `request too long (over ${this.options.maxLineBytes} bytes)`;
-
   protected override async beforeShutdown(): Promise<void> {
     await this.#committing;
     this.#dataFile?.lock.close(); // lets the lock go
   }
 }
+
 /** Adds or removes in `stock`, or says why not: all of a change, or none. */
 function applyChange(
   stock: Map<string, number>,
@@ -755,14 +756,13 @@ function applyChange(
   const message = `${verb} ${quantity} ${item}(s) ${to} the inventory.`;
   return { ok: true, message };
 }
-
 function failure(error: string): InventoryReply {
   return { ok: false, error };
 }
 
 // --- The data file: each change is saved before it is acknowledged ----------
 
-/** A file (the data file, TLS's PEM files) cannot be used: it says why. */
+/** A file (the data file, a PEM file) cannot be used: the message says why. */
 export class FileError extends Error {}
 
 /** Reads the stock (a missing file is an empty one), or a FileError. */
@@ -789,7 +789,6 @@ async function loadStock(path: string): Promise<Stock> {
   }
   return data;
 }
-
 function fileReason(error: unknown): string {
   if (error instanceof Deno.errors.PermissionDenied) {
     return "permission denied (run with -A, or --allow-read and --allow-write)";
@@ -797,13 +796,13 @@ function fileReason(error: unknown): string {
   if (error instanceof Deno.errors.IsADirectory) return "it is a folder";
   return (error as Error).message;
 }
+
 // The stock's file, for one server alone (a lock, `FILE.lock`, that the
 // system lets go when the process ends, even on kill -9). A save writes a
 // temporary file, flushes it to the disk, and renames it over the old one:
 // a rename is atomic, so the file is always the old stock or the new.
 class DataFile {
   private constructor(readonly path: string, readonly lock: Deno.FsFile) {}
-
   /** Takes the file for this server, and its stock; or a FileError. */
   static async open(path: string): Promise<[DataFile, Stock]> {
     const cannot = (why: string) =>
@@ -894,6 +893,7 @@ SECURITY AND LIMITS (see the README; the default limits never bother normal use)
 
 At the server's console, TEXT goes to every client as <NAME> TEXT; /who lists
 who is online, /kick NAME disconnects NAME, /quit tells all and stops (as Ctrl-C).`;
+
 /** Reads the server's flags. @throws {UsageError} for a bad flag */
 export function parseServerArgs(args: string[]) {
   const flags = parseFlags(args, FLAGS, 0);
@@ -971,7 +971,7 @@ async function main(): Promise<void> {
         throw new FileError(`Cannot read "${file}": ${fileReason(error)}`);
       });
     const [cert, key] = await Promise.all((tlsFiles ?? []).map(read));
-    const tls = cert ? { cert, key } : undefined;
+    const tls = tlsFiles && { cert, key }; // an empty file: listenTls says so
     // Both services start the same way; the chat's start is not async.
     const Service = options.service === "chat" ? ChatServer : InventoryServer;
     server = await Service.start({ ...options, tls, print, trace });

@@ -188,6 +188,16 @@ Deno.test("server.ts: --tls-cert without --tls-key, or a missing file, is a clea
     assertEquals((await server.status()).code, 1);
     assertMatch(server.stderr.all[0], /^Cannot read "nope\.pem": /);
   });
+  await t.step("empty files: no plain TCP in place of TLS", async () => {
+    const empty = await Deno.makeTempFile({ suffix: ".pem" });
+    await using server = Spawned.script("server.ts", [
+      ...LOCAL,
+      ...["--tls-cert", empty, "--tls-key", empty],
+    ]);
+    assertEquals((await server.status()).code, 1);
+    assertMatch(server.stderr.all[0], /^Cannot listen on .*certificate/i);
+    await Deno.remove(empty);
+  });
 });
 
 // ---------------------------------------------------------------------------
