@@ -794,6 +794,7 @@ function fileReason(error: unknown): string {
     return "permission denied (run with -A, or --allow-read and --allow-write)";
   }
   if (error instanceof Deno.errors.IsADirectory) return "it is a folder";
+  if (error instanceof Deno.errors.NotFound) return "no such file or folder";
   return (error as Error).message;
 }
 

@@ -297,12 +297,16 @@ async function startCommand(
   ];
   let child: Deno.ChildProcess;
   try {
+    // Its output goes to a pipe the bench reads, as server.ts's does: a
+    // write to /dev/null costs less, and made a copy of server.ts itself
+    // measure 1.24 times cheaper than server.ts.
     child = new Deno.Command(program, {
       args,
       stdin: "null",
-      stdout: "null",
+      stdout: "piped",
       stderr: "inherit",
     }).spawn();
+    child.stdout.pipeTo(new WritableStream()).catch(() => {});
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
     throw new Error(`cannot start "${command}": no program "${program}" here`);
