@@ -287,7 +287,11 @@ export async function connectAll(port: number, count: number) {
 }
 
 /** How a script is spawned: its standard input and extra environment. */
-type SpawnOptions = { stdin?: "piped" | "null"; env?: Record<string, string> };
+type SpawnOptions = {
+  stdin?: "piped" | "null";
+  env?: Record<string, string>;
+  cwd?: string; // the repository's root unless set
+};
 
 /**
  * A spawned script, with its output as queues of lines. `await using`
@@ -314,7 +318,7 @@ export class Spawned {
       .slice(0, 120);
     this.#child = new Deno.Command(program, {
       args,
-      cwd: ROOT,
+      cwd: options.cwd ?? ROOT,
       stdin: options.stdin ?? "null",
       stdout: "piped",
       stderr: "piped",
