@@ -498,6 +498,29 @@ Deno.test("server.ts --trace logs each socket step: listen, accept, read, write,
   await server.stdout.waitFor(/ close amey: quit$/);
 });
 
+Deno.test("server.ts --iterative --trace: what a client in the backlog typed comes in one read once it is accepted", async () => {
+  // The README's walkthrough: Amey is served, Karan (nc) waits and types.
+  await using server = Spawned.script("server.ts", [
+    ...LOCAL,
+    "--iterative",
+    "--trace",
+  ], { stdin: "piped" });
+  const port = await bannerPort(server);
+  await using amey = await TestClient.join(port, "amey");
+  await using karan = await TestClient.connect(port);
+  await karan.write("/nick karan\n");
+  await karan.write("hello, is anyone there?\n");
+  await amey.send("/who"); // a round trip: Karan's bytes have arrived by now
+  await amey.lines.waitFor(/^\* online/);
+  assertEquals(karan.lines.all, [], "Karan was served before Amey left");
+  await amey.send("/quit");
+  await server.stdout.waitFor(
+    /read 36 bytes from 127\.0\.0\.1:\d+: 2 whole line\(s\), 0 bytes kept for the next read$/,
+  );
+  await karan.lines.waitFor(/^\* you are karan;/);
+  await server.stdout.waitFor(/^<karan> hello, is anyone there\?$/);
+});
+
 Deno.test("server.ts without --trace logs no socket steps", async () => {
   await using server = Spawned.script("server.ts", LOCAL, { stdin: "piped" });
   const port = await bannerPort(server);
