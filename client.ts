@@ -511,9 +511,13 @@ async function main(): Promise<void> {
     console.error(cleanText(message));
     Deno.exit(1);
   };
+  const why = (error: Error) =>
+    error instanceof Deno.errors.NotFound
+      ? "no such file or folder"
+      : error.message;
   const caCerts = caFile === undefined ? undefined : [
     await Deno.readTextFile(caFile)
-      .catch((error) => fail(`Cannot read "${caFile}": ${error.message}`)),
+      .catch((error) => fail(`Cannot read "${caFile}": ${why(error)}`)),
   ];
   const chat = options.service === "chat";
   if (chat && Deno.stdin.isTerminal() && !options.name) {

@@ -7,6 +7,7 @@ import { assert, assertEquals, assertMatch } from "@std/assert";
 import { passwordMatches } from "../shared.ts";
 import {
   bannerPort,
+  closedPort,
   hasProgram,
   makeCertificate,
   residentKiB,
@@ -201,6 +202,17 @@ Deno.test("server.ts: --tls-cert without --tls-key, or a missing file, is a clea
     assertMatch(server.stderr.all[0], /^Cannot listen on .*certificate/i);
     await Deno.remove(empty);
   });
+});
+
+Deno.test("client.ts: a missing --ca file is one clear line, exit 1", async () => {
+  await using client = Spawned.script("client.ts", [
+    "127.0.0.1",
+    ...["--port", String(closedPort()), "--tls", "--ca", "nope.pem"],
+  ]);
+  assertEquals((await client.status()).code, 1);
+  assertEquals(client.stderr.all, [
+    `Cannot read "nope.pem": no such file or folder`,
+  ]);
 });
 
 // ---------------------------------------------------------------------------
