@@ -112,7 +112,7 @@ class LineConnection {
       const lines = framer.push(buffer.subarray(0, count));
       const lineWord = lines.length === 1 ? "line" : "lines";
       const whole = `${lines.length} whole ${lineWord}`;
-      const kept = `${framer.keptBytes} bytes kept for the next read`;
+      const kept = `${framer.keptBytes()} bytes kept for the next read`;
       this.trace?.(`read ${count} bytes from ${this.#peer}: ${whole}, ${kept}`);
       if (!this.#heard && looksLikeTls(buffer)) throw this.#maybeTls();
       this.#heard = true;

@@ -113,7 +113,7 @@ async function receiveLines(server: TcpServer, client: Client) {
       const lines = framer.push(buffer.subarray(0, count));
       trace?.(
         `read ${count} bytes from ${client.name || client.address}: ` +
-          `${lines.length} whole line(s), ${framer.keptBytes} bytes kept for the next read`,
+          `${lines.length} whole line(s), ${framer.keptBytes()} bytes kept for the next read`,
       );
       await handleAll(server, client, lines);
       // A read that fills the buffer is a burst: read more at a time.

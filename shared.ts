@@ -15,8 +15,7 @@ export const MAX_LINE_BYTES = 4096; // a peer's longest line (bounds memory)
 /** Stands where a peer sent a line longer than the limit (it is dropped). */
 export const LINE_TOO_LONG: unique symbol = Symbol("line too long");
 export type Frame = string | typeof LINE_TOO_LONG;
-const [LF, CR] = [0x0a, 0x0d];
-const NOTHING = new Uint8Array(0);
+const [LF, CR, NOTHING] = [0x0a, 0x0d, new Uint8Array(0)];
 // The decoder decodes whole lines only, never part of a character: no state.
 const [decoder, encoder] = [new TextDecoder(), new TextEncoder()];
 /** Splits a TCP byte stream into lines (LF, CRLF or CR end them). A read may
@@ -26,9 +25,7 @@ export class LineFramer {
   #dropping = false; // inside a line that was too long
   #afterCR = false; // the last read ended with a CR
   constructor(readonly maxLineBytes: number = MAX_LINE_BYTES) {}
-  get keptBytes(): number {
-    return this.#kept.length;
-  }
+  keptBytes = () => this.#kept.length; // for --trace
   /** Takes one read's bytes: @returns the lines they complete, in order */
   push(chunk: Uint8Array): Frame[] {
     const lines: Frame[] = [];
@@ -113,6 +110,10 @@ export const SAYS = {
   shuttingDown: "* server shutting down",
   bye: "* bye",
   pong: "* pong",
+  welcome: "welcome to socklab chat", // then ", " and what the room is
+  alreadyJoined: "you already joined as", // UDP: then the name
+  datagramTooLong: "datagram too long:", // UDP: then how long it may be
+  monthBye: "bye", // the month service's answer to 0
 };
 /** What both sides of the inventory protocol know. */
 export const INVENTORY = {
@@ -202,7 +203,7 @@ export class ChatRoom<Member extends { name: string }> {
       ? [...others(), ...this.#operator()].join(", ") || "no one else"
       : `${counted.join(" and ")}; /who lists them`;
     const pick = name === undefined ? ": pick a name with /nick NAME" : "";
-    this.#tell(member, `welcome to socklab chat, ${this.options.mode}`);
+    this.#tell(member, `${SAYS.welcome}, ${this.options.mode}`);
     this.#tell(member, `online: ${online}`);
     this.#tell(member, `you are ${member.name}${pick}; ${SEE_HELP}`);
     if (this.#announces()) this.#announce(`${member.name} joined`, member);
@@ -442,7 +443,6 @@ export type FlagRow = {
   choices?: readonly string[];
 };
 type Flags = { _: string[]; help: boolean; [flag: string]: unknown };
-const PORT_RANGE: FlagRow["range"] = [0, 65535];
 /** Reads the arguments with a flag table. @throws {UsageError} for a misuse */
 export function parseFlags(
   args: string[],
@@ -477,7 +477,7 @@ function checkFlag(name: string, row: FlagRow, text: string): string | number {
   if (row.choices && !row.choices.includes(text)) {
     throw new UsageError(`${bad} one of ${row.choices.join(", ")}`);
   }
-  const range = row.port ? PORT_RANGE : row.range;
+  const range: FlagRow["range"] = row.port ? [0, 65535] : row.range;
   if (!range) return text;
   const [min, max, kind] = range;
   const pattern = kind ? /^\d+(\.\d+)?$|^\.\d+$/ : /^\d+$/;

@@ -211,7 +211,7 @@ export function answersMonthQuestion(
   question: string,
 ): (reply: string) => boolean {
   const number = /^\d+$/.test(question) ? Number(question) : -1;
-  if (number === 0) return (reply) => reply === "bye";
+  if (number === 0) return (reply) => reply === SAYS.monthBye;
   if (number >= 1 && number <= 12) return (r) => r.startsWith(`${number}: `);
   return (reply) => reply.startsWith("! ");
 }
@@ -239,7 +239,7 @@ async function monthLoop(link: UdpLink, out: LineConsole): Promise<number> {
     const answer = await link.ask(question, answersMonthQuestion(question));
     const shown = answer === undefined ? link.noReply : cleanText(answer);
     out.print(answer?.startsWith("! ") ? paintError(shown) : shown);
-    if (answer === "bye") break;
+    if (answer === SAYS.monthBye) break;
   }
   return 0;
 }
@@ -354,7 +354,8 @@ async function chat(link: UdpLink, out: LineConsole): Promise<number> {
     return fail(`The chat needs a password: ${how}`);
   }
   // A join sent again, its welcome lost, is told it is in already.
-  if (/^! (?!you already joined )/.test(joined)) return 1;
+  const inAlready = joined.startsWith(errorLine(SAYS.alreadyJoined));
+  if (joined.startsWith("! ") && !inAlready) return 1;
   link.onOther = shown;
 
   const keepalive = setInterval(() => {
@@ -383,7 +384,8 @@ async function join(
   name: string | undefined,
   out: LineConsole,
 ): Promise<string | undefined> {
-  const answers = (reply: string) => /^\* welcome|^! /.test(reply);
+  const welcome = `* ${SAYS.welcome}`;
+  const answers = (r: string) => r.startsWith(welcome) || r.startsWith("! ");
   const request = (password?: string) =>
     !name ? "/join" : password ? `/join ${name} ${password}` : `/join ${name}`;
   const ask = (password = link.options.password) =>
@@ -391,7 +393,8 @@ async function join(
   link.padTo = 1200; // the server's default --max-datagram
   let joined = await ask();
   // A server with a lower --max-datagram says how much it takes.
-  const most = /^! datagram too long: (\d+) bytes/.exec(joined ?? "")?.[1];
+  const tooLong = errorLine(SAYS.datagramTooLong);
+  const most = joined?.startsWith(tooLong) && /(\d+) bytes/.exec(joined)?.[1];
   if (most) {
     link.padTo = Number(most);
     joined = await ask();

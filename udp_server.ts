@@ -166,7 +166,7 @@ export class UdpServer extends Stoppable {
     if (datagram.length > maxDatagram) {
       this.#log(`datagram from ${key} too long`);
       const most = `${maxDatagram} bytes at most`;
-      return this.#error(from, `datagram too long: ${most}`);
+      return this.#error(from, `${SAYS.datagramTooLong} ${most}`);
     }
     let text;
     try {
@@ -210,7 +210,7 @@ export class UdpServer extends Stoppable {
     // A stranger's /nick NAME joins as NAME, as /join NAME does.
     if (command === "/join" || (command === "/nick" && !peer)) {
       if (!peer) return this.#joinAs(sender, rest);
-      const already = `you already joined as ${peer.name}`;
+      const already = `${SAYS.alreadyJoined} ${peer.name}`;
       return this.#error(from, `${already} (/nick NAME changes it)`);
     }
     if (peer) return this.#room.handle(peer, line);
@@ -409,7 +409,7 @@ export function monthAnswer(request: string, firstTime: boolean): string {
   if (/^\d+$/.test(request)) {
     // A 400-digit number becomes Infinity here: out of range, not a crash.
     const number = Number(request);
-    if (number === 0) return "bye";
+    if (number === 0) return SAYS.monthBye;
     if (number >= 1 && number <= 12) return `${number}: ${MONTHS[number - 1]}`;
   }
   const words = request !== "" && !NUMBER_LIKE.test(request);

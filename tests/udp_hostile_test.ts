@@ -291,7 +291,7 @@ Deno.test("udp_client.ts prints a server's escape sequences and control characte
       "amey",
     ]);
     assertEquals((await server.requests.next()).trimEnd(), "/join amey");
-    await server.reply(`* welcome${poison} to a fake\n`);
+    await server.reply(`* welcome to socklab chat, ${poison}a fake\n`);
     await server.reply(`<eve> ${poison}\x1b[31mred\x1b[0m text\n`);
     await client.stdout.waitFor("<eve> red text");
     await client.endInput();
@@ -299,7 +299,7 @@ Deno.test("udp_client.ts prints a server's escape sequences and control characte
     await server.reply("* bye\n");
     assertEquals(await exitCode(client), 0);
     assertEquals(client.stdout.all, [
-      "* welcome to a fake",
+      "* welcome to socklab chat, a fake",
       "<eve> red text",
       "* bye",
     ]);
