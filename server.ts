@@ -306,6 +306,7 @@ function closeQuietly(socket: { close(): void }): void {
 
 // --- 4. The chat's protocol: the chat room's rules over TCP -----------------
 
+const CONSOLE_COMMANDS = "/who, /kick NAME, /quit"; // the operator's
 /** A running chat server: each line goes to the chat room (shared.ts). */
 export class ChatServer extends TcpServer {
   readonly room = new ChatRoom<Client>({
@@ -399,7 +400,6 @@ export class ChatServer extends TcpServer {
   operatorSays(line: string): void {
     const input = parseChatInput(line);
     const { print, operatorName } = this.options;
-    const commands = "/who, /kick NAME, /quit";
     if (input.kind === "empty") return;
     if (input.kind === "message") {
       const unheard = "* no one is connected to hear that";
@@ -417,9 +417,9 @@ export class ChatServer extends TcpServer {
     }
     if (command === "/quit") return void this.stop();
     if (command === "/help") {
-      return print(`* console: TEXT to send to everyone, ${commands}`);
+      return print(`* console: TEXT to send to everyone, ${CONSOLE_COMMANDS}`);
     }
-    print(errorLine(`unknown command "${command}": try ${commands}`));
+    print(errorLine(`unknown command "${command}": try ${CONSOLE_COMMANDS}`));
   }
 }
 
@@ -948,7 +948,7 @@ export function bannerLines(server: ChatServer | InventoryServer): string[] {
   const where = `${hostname}:${port}${tls ? ", with TLS" : ""}`;
   const auth = "A password is set: clients must send /auth PASSWORD first.";
   const use = !inventory
-    ? `Type here to chat as "${operatorName}"; /who, /kick NAME, /quit.`
+    ? `Type here to chat as "${operatorName}"; ${CONSOLE_COMMANDS}.`
     : dataFile
     ? `The stock is kept in "${dataFile}", saved after every change.`
     : "The stock lives in memory and is lost when the server stops (--data FILE keeps it).";
