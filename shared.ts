@@ -110,7 +110,7 @@ export const SAYS = {
   shuttingDown: "* server shutting down",
   bye: "* bye",
   pong: "* pong",
-  welcome: "welcome to socklab chat", // then ", " and what the room is
+  welcome: "* welcome to socklab chat", // then ", " and what the room is
   alreadyJoined: "you already joined as", // UDP: then the name
   datagramTooLong: "datagram too long:", // UDP: then how long it may be
   monthBye: "bye", // the month service's answer to 0
@@ -203,7 +203,7 @@ export class ChatRoom<Member extends { name: string }> {
       ? [...others(), ...this.#operator()].join(", ") || "no one else"
       : `${counted.join(" and ")}; /who lists them`;
     const pick = name === undefined ? ": pick a name with /nick NAME" : "";
-    this.#tell(member, `${SAYS.welcome}, ${this.options.mode}`);
+    this.out.send(member, `${SAYS.welcome}, ${this.options.mode}`);
     this.#tell(member, `online: ${online}`);
     this.#tell(member, `you are ${member.name}${pick}; ${SEE_HELP}`);
     if (this.#announces()) this.#announce(`${member.name} joined`, member);

@@ -384,8 +384,8 @@ async function join(
   name: string | undefined,
   out: LineConsole,
 ): Promise<string | undefined> {
-  const welcome = `* ${SAYS.welcome}`;
-  const answers = (r: string) => r.startsWith(welcome) || r.startsWith("! ");
+  const answers = (r: string) =>
+    r.startsWith(SAYS.welcome) || r.startsWith("! ");
   const request = (password?: string) =>
     !name ? "/join" : password ? `/join ${name} ${password}` : `/join ${name}`;
   const ask = (password = link.options.password) =>
